@@ -1,0 +1,139 @@
+//! Typed errors: configuration mistakes caught when a layer is built, and
+//! store failures reported with their driver's error as the source.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A layer's configuration cannot work; returned by `build()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `duration` is zero, so every session would be born expired.
+    #[error("session duration must be greater than zero")]
+    ZeroDuration,
+    /// The refresh threshold is longer than the session duration, so every
+    /// request would renew.
+    #[error(
+        "refresh threshold ({threshold:?}) must not exceed the session duration ({duration:?})"
+    )]
+    ThresholdExceedsDuration {
+        /// The configured refresh threshold.
+        threshold: Duration,
+        /// The configured session duration.
+        duration: Duration,
+    },
+    /// The absolute lifetime is shorter than one session duration, so new
+    /// sessions would be cut short at creation.
+    #[error(
+        "absolute lifetime ({absolute_lifetime:?}) must be at least the session duration ({duration:?}); disable it instead of shortening it"
+    )]
+    AbsoluteLifetimeShorterThanDuration {
+        /// The configured absolute lifetime.
+        absolute_lifetime: Duration,
+        /// The configured session duration.
+        duration: Duration,
+    },
+    /// The cache capacity is zero; use a capacity of at least one entry.
+    #[error("cache capacity must be at least 1")]
+    ZeroCacheCapacity,
+    /// The cache time-to-live is zero; use at least one millisecond.
+    #[error("cache time-to-live must be greater than zero")]
+    ZeroCacheTtl,
+    /// The store timeout is zero, so every store call would time out.
+    #[error("store timeout must be greater than zero")]
+    ZeroStoreTimeout,
+}
+
+/// What went wrong in a store operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store did not answer within the configured timeout.
+    Timeout,
+    /// The backend (database, network, driver) failed.
+    Backend,
+    /// A record could not be encoded or decoded.
+    Serialization,
+    /// The operating system had no randomness to mint a token.
+    Randomness,
+}
+
+/// A store operation failed. Cheap to clone (the source is shared).
+#[derive(Clone)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: &'static str,
+    source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl StoreError {
+    /// A backend failure, wrapping the driver's error as the source.
+    pub fn backend(source: impl StdError + Send + Sync + 'static) -> Self {
+        Self {
+            kind: StoreErrorKind::Backend,
+            message: "session or subscription store failed",
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A record that could not be encoded or decoded.
+    pub fn serialization(source: impl StdError + Send + Sync + 'static) -> Self {
+        Self {
+            kind: StoreErrorKind::Serialization,
+            message: "stored record could not be encoded or decoded",
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The store did not answer within the configured timeout.
+    pub fn timeout() -> Self {
+        Self {
+            kind: StoreErrorKind::Timeout,
+            message: "store did not answer within the configured timeout",
+            source: None,
+        }
+    }
+
+    pub(crate) fn randomness(source: getrandom::Error) -> Self {
+        Self {
+            kind: StoreErrorKind::Randomness,
+            message: "the operating system had no randomness to mint a session token",
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}

@@ -1,0 +1,66 @@
+//! Tower middleware for SaaS backends: sliding sessions and pro-only routes.
+//!
+//! * [`SessionRefreshLayer`](session::SessionRefreshLayer) validates the
+//!   session of every request and renews it only when it is close to
+//!   expiring, so active users are never logged out and the store is
+//!   written once per renewal window, not once per request.
+//!
+//! It works with any `tower` stack over `http` requests: axum, plain hyper,
+//! and tonic (rejections of gRPC calls are gRPC trailers-only responses).
+//! Sessions live in a pluggable [`SessionStore`](session::SessionStore)
+//! behind a moka cache; time comes from a [`Clock`] that tests can drive.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sessions = SessionRefreshLayer::new(MemorySessionStore::new());
+//! let handle = sessions.handle();
+//! let service = ServiceBuilder::new()
+//!     .layer(sessions)
+//!     .service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(String::from("hi"))) });
+//!
+//! let created = handle.create(None, ()).await?;
+//! let request = Request::builder().header("x-session-id", created.token.to_string()).body(())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Cargo features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `axum` | [`Session`](session::Session) and `Option<Session>` as axum extractors |
+//!
+//! The core needs only tower, http, moka, serde and a Tokio timer.
+#![deny(missing_docs, unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod body;
+mod clock;
+mod error;
+pub mod rejection;
+mod request;
+pub mod session;
+mod single_flight;
+
+#[cfg(feature = "axum")]
+mod axum;
+
+pub use crate::body::GuardBody;
+pub use crate::clock::{rfc3339_millis, unix_millis, Clock, ManualClock, SystemClock};
+pub use crate::error::{ConfigError, StoreError, StoreErrorKind};
+pub use crate::rejection::{problem_json, ErrorCode, Rejection, RejectionResponder};
+pub use crate::request::RequestHead;
+
+#[cfg(feature = "axum")]
+pub use crate::axum::MissingExtension;

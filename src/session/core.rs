@@ -1,0 +1,535 @@
+//! The state one `SessionRefreshLayer` shares with its clones and with its
+//! [`SessionHandle`]: store, cache, single-flight maps, configuration, clock.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt;
+use http::HeaderValue;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::store::{SessionRecord, SessionStore};
+use super::token::{SessionId, SessionToken};
+use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
+use crate::error::StoreError;
+use crate::rejection::{ErrorCode, Rejection};
+use crate::single_flight::SingleFlight;
+
+/// The settings every clone of one layer shares.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    pub(crate) duration: Duration,
+    pub(crate) refresh_threshold: Duration,
+    pub(crate) absolute_lifetime: Option<Duration>,
+    pub(crate) cache_capacity: u64,
+    pub(crate) cache_ttl: Duration,
+    pub(crate) expired_retention: Duration,
+    pub(crate) store_timeout: Duration,
+}
+
+/// A session, as handlers see it in the request extensions.
+///
+/// `SessionRefreshLayer` puts one into every request it lets through; with
+/// the `axum` feature it is also an extractor (`Session` or
+/// `Option<Session>`). Cloning is cheap.
+#[derive(Clone)]
+pub struct Session {
+    data: Arc<SessionData>,
+    renewed: bool,
+}
+
+impl Session {
+    pub(crate) fn new(data: Arc<SessionData>, renewed: bool) -> Self {
+        Self { data, renewed }
+    }
+
+    /// The session's stable id (SHA-256 of its token; safe to log).
+    pub fn id(&self) -> SessionId {
+        self.data.id
+    }
+
+    /// The organization the session belongs to, if any.
+    pub fn organization_id(&self) -> Option<&str> {
+        self.data.organization_id.as_deref()
+    }
+
+    /// When the session was created.
+    pub fn created_at(&self) -> SystemTime {
+        self.data.created_at
+    }
+
+    /// When the session expires, after any renewal by this request.
+    pub fn expires_at(&self) -> SystemTime {
+        self.data.expires_at
+    }
+
+    /// Whether this request renewed the session.
+    pub fn renewed(&self) -> bool {
+        self.renewed
+    }
+
+    /// The application payload stored with the session.
+    pub fn payload(&self) -> &Value {
+        &self.data.payload
+    }
+
+    /// The payload decoded as `T`.
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&*self.data.payload)
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.data.id)
+            .field("organization_id", &self.data.organization_id)
+            .field("created_at", &self.data.created_at)
+            .field("expires_at", &self.data.expires_at)
+            .field("renewed", &self.renewed)
+            .field("payload", &self.data.payload)
+            .finish()
+    }
+}
+
+/// A record as the cache holds it, with its response header pre-rendered.
+#[derive(Debug)]
+pub(crate) struct SessionData {
+    pub(crate) id: SessionId,
+    pub(crate) organization_id: Option<String>,
+    pub(crate) created_at: SystemTime,
+    pub(crate) expires_at: SystemTime,
+    pub(crate) payload: Arc<Value>,
+    /// `x-session-expires-at` for this `expires_at`, rendered once.
+    pub(crate) expires_header: HeaderValue,
+}
+
+impl SessionData {
+    fn from_record(record: SessionRecord) -> Self {
+        Self {
+            id: record.id,
+            organization_id: record.organization_id,
+            created_at: record.created_at,
+            expires_header: expires_header(record.expires_at),
+            expires_at: record.expires_at,
+            payload: Arc::new(record.payload),
+        }
+    }
+
+    fn with_expiry(&self, expires_at: SystemTime) -> Self {
+        Self {
+            id: self.id,
+            organization_id: self.organization_id.clone(),
+            created_at: self.created_at,
+            expires_at,
+            payload: Arc::clone(&self.payload),
+            expires_header: expires_header(expires_at),
+        }
+    }
+}
+
+fn expires_header(at: SystemTime) -> HeaderValue {
+    HeaderValue::from_str(&rfc3339_millis(at)).expect("an RFC 3339 timestamp is a valid header")
+}
+
+/// What a cached record means for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Valid, nothing to write.
+    Valid,
+    /// Valid, and this request should renew it.
+    Renew,
+    /// `expires_at <= now`: re-read from the store before rejecting.
+    LooksExpired,
+}
+
+/// Hashes a session token by its first eight bytes.
+///
+/// Tokens are 256 CSPRNG bits and only tokens of existing sessions enter
+/// the cache, so the prefix is already a uniform hash that a client cannot
+/// steer; this saves SipHash on every request.
+#[derive(Default)]
+pub(crate) struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if a key other than a token is hashed: FNV-1a.
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type SessionCache =
+    moka::sync::Cache<SessionToken, Arc<SessionData>, BuildHasherDefault<TokenHasher>>;
+type LoadOutcome = Result<Option<Arc<SessionData>>, StoreError>;
+
+/// Keeps each cache entry no longer than the cache TTL nor than the
+/// session's own `expires_at`.
+struct SessionExpiry {
+    clock: Arc<dyn Clock>,
+    ttl: Duration,
+}
+
+impl SessionExpiry {
+    fn lifetime(&self, data: &SessionData) -> Duration {
+        let left = data
+            .expires_at
+            .duration_since(self.clock.now())
+            .unwrap_or(Duration::ZERO);
+        left.min(self.ttl)
+    }
+}
+
+impl moka::Expiry<SessionToken, Arc<SessionData>> for SessionExpiry {
+    fn expire_after_create(
+        &self,
+        _: &SessionToken,
+        data: &Arc<SessionData>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(self.lifetime(data))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &SessionToken,
+        data: &Arc<SessionData>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(data))
+    }
+}
+
+pub(crate) struct SessionCore {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) cache: SessionCache,
+    loads: SingleFlight<SessionToken, LoadOutcome>,
+    renewals: SingleFlight<SessionToken, LoadOutcome>,
+    pub(crate) config: SessionConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Bumped by every revocation, so a load that raced one does not put
+    /// the revoked record back into the cache.
+    revocations: AtomicU64,
+}
+
+impl SessionCore {
+    pub(crate) fn new(
+        store: Arc<dyn SessionStore>,
+        config: SessionConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .expire_after(SessionExpiry {
+                clock: Arc::clone(&clock),
+                ttl: config.cache_ttl,
+            })
+            .build_with_hasher(BuildHasherDefault::<TokenHasher>::default());
+        Self {
+            store,
+            cache,
+            loads: SingleFlight::new(),
+            renewals: SingleFlight::new(),
+            config,
+            clock,
+            revocations: AtomicU64::new(0),
+        }
+    }
+
+    /// What `data` means at `now` for a request that is (or is not) activity.
+    #[inline]
+    pub(crate) fn classify(&self, data: &SessionData, now: SystemTime, activity: bool) -> Verdict {
+        match data.expires_at.duration_since(now) {
+            Ok(left) if !left.is_zero() => {
+                if activity
+                    && left < self.config.refresh_threshold
+                    && self.renewal_target(data, now) > data.expires_at
+                {
+                    Verdict::Renew
+                } else {
+                    Verdict::Valid
+                }
+            }
+            _ => Verdict::LooksExpired,
+        }
+    }
+
+    /// `min(now + duration, created_at + absolute_lifetime)`, in whole ms.
+    fn renewal_target(&self, data: &SessionData, now: SystemTime) -> SystemTime {
+        let target = now + self.config.duration;
+        let capped = match self.config.absolute_lifetime {
+            Some(lifetime) => target.min(data.created_at + lifetime),
+            None => target,
+        };
+        truncate_to_millis(capped)
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.config.store_timeout, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::timeout()),
+        }
+    }
+
+    /// Caches `data` unless a revocation happened since `revocations_seen`.
+    fn cache_insert(&self, token: SessionToken, data: Arc<SessionData>, revocations_seen: u64) {
+        self.cache.insert(token, data);
+        if self.revocations.load(Ordering::SeqCst) != revocations_seen {
+            self.cache.invalidate(&token);
+        }
+    }
+
+    /// The slow path: load (unless `seen` is valid and only needs a
+    /// renewal), reject what is unknown or expired, renew when due.
+    pub(crate) async fn resolve(
+        self: Arc<Self>,
+        token: SessionToken,
+        seen: Option<Arc<SessionData>>,
+        activity: bool,
+    ) -> Result<(Arc<SessionData>, bool), Rejection> {
+        let data = match seen {
+            Some(data) if data.expires_at > self.clock.now() => data,
+            stale => match self.load(token, stale).await {
+                Ok(Some(data)) => data,
+                Ok(None) => return Err(Rejection::new(ErrorCode::SessionNotFound)),
+                Err(error) => return Err(store_unavailable(&error)),
+            },
+        };
+        let now = self.clock.now();
+        match self.classify(&data, now, activity) {
+            Verdict::Valid => Ok((data, false)),
+            Verdict::LooksExpired => {
+                self.cache.invalidate(&token);
+                Err(Rejection::new(ErrorCode::SessionExpired))
+            }
+            Verdict::Renew => match self.renew(token, Arc::clone(&data)).await {
+                Ok(Some(renewed)) => {
+                    let moved = renewed.expires_at > data.expires_at;
+                    Ok((renewed, moved))
+                }
+                Ok(None) => Err(Rejection::new(ErrorCode::SessionNotFound)),
+                Err(error) => {
+                    // The session is still valid: let the request through on
+                    // its current expiry; the next request retries the write.
+                    tracing::warn!(session = %data.id, %error, "session renewal failed");
+                    Ok((data, false))
+                }
+            },
+        }
+    }
+
+    /// Loads a session through the single-flight map. With `stale`, the
+    /// caller saw that cached entry look expired and wants the store's word.
+    async fn load(
+        self: &Arc<Self>,
+        token: SessionToken,
+        stale: Option<Arc<SessionData>>,
+    ) -> LoadOutcome {
+        let core = Arc::clone(self);
+        let flight = self.loads.run(token, move || {
+            async move {
+                if let Some(current) = core.cache.get(&token) {
+                    if !stale.is_some_and(|stale| Arc::ptr_eq(&stale, &current)) {
+                        return Ok(Some(current));
+                    }
+                }
+                let revocations_seen = core.revocations.load(Ordering::SeqCst);
+                let record = core.with_timeout(core.store.load(&token.id())).await?;
+                Ok(record.map(|record| {
+                    let data = Arc::new(SessionData::from_record(record));
+                    if data.expires_at > core.clock.now() {
+                        core.cache_insert(token, Arc::clone(&data), revocations_seen);
+                    } else {
+                        core.cache.invalidate(&token);
+                    }
+                    data
+                }))
+            }
+            .boxed()
+        });
+        flight.await
+    }
+
+    /// Renews through the single-flight map: one store write however many
+    /// requests on this session are due at once. `None`: the record is gone.
+    async fn renew(self: &Arc<Self>, token: SessionToken, data: Arc<SessionData>) -> LoadOutcome {
+        let core = Arc::clone(self);
+        let flight = self.renewals.run(token, move || {
+            async move {
+                if let Some(current) = core.cache.get(&token) {
+                    if current.expires_at > data.expires_at {
+                        return Ok(Some(current));
+                    }
+                }
+                let target = core.renewal_target(&data, core.clock.now());
+                if target <= data.expires_at {
+                    return Ok(Some(data));
+                }
+                let revocations_seen = core.revocations.load(Ordering::SeqCst);
+                match core
+                    .with_timeout(core.store.extend(&data.id, target))
+                    .await?
+                {
+                    None => {
+                        core.cache.invalidate(&token);
+                        Ok(None)
+                    }
+                    Some(stored) => {
+                        let renewed = Arc::new(data.with_expiry(stored));
+                        core.cache_insert(token, Arc::clone(&renewed), revocations_seen);
+                        Ok(Some(renewed))
+                    }
+                }
+            }
+            .boxed()
+        });
+        flight.await
+    }
+}
+
+pub(crate) fn store_unavailable(error: &StoreError) -> Rejection {
+    tracing::warn!(%error, "session store unavailable");
+    Rejection::new(ErrorCode::StoreUnavailable)
+}
+
+/// A session just created: hand `token` to the client.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CreatedSession {
+    /// The bearer token; shown to the client once, never stored.
+    pub token: SessionToken,
+    /// The session's stable id (what stores key it by).
+    pub id: SessionId,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it expires unless renewed.
+    pub expires_at: SystemTime,
+}
+
+/// Creates and revokes sessions; shares the layer's store, cache and clock.
+///
+/// Get one from [`SessionRefreshLayer::handle`](super::SessionRefreshLayer::handle).
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(crate) core: Arc<SessionCore>,
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("config", &self.core.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionHandle {
+    /// Creates a session for `organization_id` carrying `payload`, and
+    /// returns its token and expiry.
+    pub async fn create(
+        &self,
+        organization_id: Option<&str>,
+        payload: impl Serialize,
+    ) -> Result<CreatedSession, StoreError> {
+        let core = &self.core;
+        let payload = serde_json::to_value(payload).map_err(StoreError::serialization)?;
+        let token = SessionToken::generate().map_err(StoreError::randomness)?;
+        let created_at = truncate_to_millis(core.clock.now());
+        let expires_at = created_at + core.config.duration;
+        let record = SessionRecord {
+            id: token.id(),
+            organization_id: organization_id.map(str::to_owned),
+            created_at,
+            expires_at,
+            payload,
+        };
+        let revocations_seen = core.revocations.load(Ordering::SeqCst);
+        core.with_timeout(core.store.create(&record)).await?;
+        let created = CreatedSession {
+            token,
+            id: record.id,
+            created_at,
+            expires_at,
+        };
+        core.cache_insert(
+            token,
+            Arc::new(SessionData::from_record(record)),
+            revocations_seen,
+        );
+        Ok(created)
+    }
+
+    /// Revokes the session of `token` in the store and this process's cache;
+    /// returns whether it existed.
+    pub async fn revoke(&self, token: &SessionToken) -> Result<bool, StoreError> {
+        let core = &self.core;
+        let existed = core.with_timeout(core.store.delete(&token.id())).await;
+        core.revocations.fetch_add(1, Ordering::SeqCst);
+        core.cache.invalidate(token);
+        existed
+    }
+
+    /// Revokes every session of `organization_id`; returns how many the
+    /// store held.
+    pub async fn revoke_organization(&self, organization_id: &str) -> Result<u64, StoreError> {
+        let core = &self.core;
+        let deleted = core
+            .with_timeout(core.store.delete_by_organization(organization_id))
+            .await;
+        core.revocations.fetch_add(1, Ordering::SeqCst);
+        let doomed: Vec<SessionToken> = core
+            .cache
+            .iter()
+            .filter(|(_, data)| data.organization_id.as_deref() == Some(organization_id))
+            .map(|(token, _)| *token)
+            .collect();
+        for token in doomed {
+            core.cache.invalidate(&token);
+        }
+        deleted
+    }
+
+    /// Deletes records that expired longer ago than the expired-retention
+    /// setting (24 h by default); until then they answer `session_expired`.
+    pub async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let core = &self.core;
+        let before = core
+            .clock
+            .now()
+            .checked_sub(core.config.expired_retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        core.with_timeout(core.store.purge_expired(before)).await
+    }
+
+    /// Looks a session up without counting it as activity: `None` when it
+    /// is unknown or expired.
+    pub async fn get(&self, token: &SessionToken) -> Result<Option<Session>, StoreError> {
+        let core = &self.core;
+        let cached = core.cache.get(token);
+        let data = match cached {
+            Some(data) if data.expires_at > core.clock.now() => Some(data),
+            stale => core.load(*token, stale).await?,
+        };
+        Ok(data
+            .filter(|data| data.expires_at > core.clock.now())
+            .map(|data| Session::new(data, false)))
+    }
+}

@@ -1,0 +1,287 @@
+//! `SessionRefreshLayer` and its builder.
+
+use std::any::type_name;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::activity::{ActivityRule, EveryRequest, ValidateOnly};
+use super::core::{SessionConfig, SessionCore, SessionHandle};
+use super::service::SessionRefresh;
+use super::source::{HeaderSource, TokenSource};
+use super::store::SessionStore;
+use crate::clock::{Clock, SystemClock};
+use crate::error::ConfigError;
+use crate::rejection::{DefaultResponder, RejectionResponder};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Builds a [`SessionRefreshLayer`]; the settings are checked by
+/// [`build`](Self::build).
+///
+/// | setting | default |
+/// |---|---|
+/// | [`duration`](Self::duration) | 24 h |
+/// | [`refresh_threshold`](Self::refresh_threshold) | 4 h |
+/// | [`absolute_lifetime`](Self::absolute_lifetime) | 30 days ([`no_absolute_lifetime`](Self::no_absolute_lifetime) disables it) |
+/// | [`cache_capacity`](Self::cache_capacity) | 100 000 sessions |
+/// | [`cache_ttl`](Self::cache_ttl) | 30 s |
+/// | [`expired_retention`](Self::expired_retention) | 24 h |
+/// | [`store_timeout`](Self::store_timeout) | 2 s |
+/// | [`clock`](Self::clock) | [`SystemClock`] |
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct SessionRefreshBuilder {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl SessionRefreshBuilder {
+    /// The lifetime given to a session at creation and at each renewal.
+    pub fn duration(mut self, duration: Duration) -> Self {
+        self.config.duration = duration;
+        self
+    }
+
+    /// Renew only when less than this is left before `expires_at`.
+    pub fn refresh_threshold(mut self, threshold: Duration) -> Self {
+        self.config.refresh_threshold = threshold;
+        self
+    }
+
+    /// The hard cap: `expires_at` never goes past `created_at + lifetime`.
+    pub fn absolute_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.absolute_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Lets an active session be renewed forever.
+    pub fn no_absolute_lifetime(mut self) -> Self {
+        self.config.absolute_lifetime = None;
+        self
+    }
+
+    /// How many sessions the in-process cache holds at most.
+    pub fn cache_capacity(mut self, capacity: u64) -> Self {
+        self.config.cache_capacity = capacity;
+        self
+    }
+
+    /// How long a cached session is trusted before it is re-read: the bound
+    /// on how late a revocation done by another process is seen.
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.config.cache_ttl = ttl;
+        self
+    }
+
+    /// How long an expired record keeps answering `session_expired` before
+    /// [`SessionHandle::purge_expired`] may delete it.
+    pub fn expired_retention(mut self, retention: Duration) -> Self {
+        self.config.expired_retention = retention;
+        self
+    }
+
+    /// How long a store call may take before it counts as
+    /// `store_unavailable`.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.config.store_timeout = timeout;
+        self
+    }
+
+    /// The clock expiry decisions read (tests pass a [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<SessionRefreshLayer, ConfigError> {
+        let config = &self.config;
+        if config.duration.is_zero() {
+            return Err(ConfigError::ZeroDuration);
+        }
+        if config.refresh_threshold > config.duration {
+            return Err(ConfigError::ThresholdExceedsDuration {
+                threshold: config.refresh_threshold,
+                duration: config.duration,
+            });
+        }
+        if let Some(lifetime) = config.absolute_lifetime {
+            if lifetime < config.duration {
+                return Err(ConfigError::AbsoluteLifetimeShorterThanDuration {
+                    absolute_lifetime: lifetime,
+                    duration: config.duration,
+                });
+            }
+        }
+        if config.cache_capacity == 0 {
+            return Err(ConfigError::ZeroCacheCapacity);
+        }
+        if config.cache_ttl.is_zero() {
+            return Err(ConfigError::ZeroCacheTtl);
+        }
+        if config.store_timeout.is_zero() {
+            return Err(ConfigError::ZeroStoreTimeout);
+        }
+        let core = Arc::new(SessionCore::new(self.store, self.config, self.clock));
+        Ok(SessionRefreshLayer {
+            state: Arc::new(LayerState {
+                core,
+                source: Arc::new(HeaderSource::default()),
+                source_name: type_name::<HeaderSource>(),
+                activity: Arc::new(EveryRequest),
+                activity_name: type_name::<EveryRequest>(),
+                responder: Arc::new(DefaultResponder::new()),
+                responder_name: type_name::<DefaultResponder>(),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for SessionRefreshBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRefreshBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every service of one layer shares: the session core and this
+/// layer's pluggable behaviour.
+pub(crate) struct LayerState {
+    pub(crate) core: Arc<SessionCore>,
+    pub(crate) source: Arc<dyn TokenSource>,
+    source_name: &'static str,
+    pub(crate) activity: Arc<dyn ActivityRule>,
+    activity_name: &'static str,
+    pub(crate) responder: Arc<dyn RejectionResponder>,
+    responder_name: &'static str,
+}
+
+impl LayerState {
+    fn rebuilt(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+            source: Arc::clone(&self.source),
+            source_name: self.source_name,
+            activity: Arc::clone(&self.activity),
+            activity_name: self.activity_name,
+            responder: Arc::clone(&self.responder),
+            responder_name: self.responder_name,
+        }
+    }
+}
+
+impl fmt::Debug for LayerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRefreshLayer")
+            .field("config", &self.core.config)
+            .field("token_source", &self.source_name)
+            .field("activity", &self.activity_name)
+            .field("responder", &self.responder_name)
+            .finish()
+    }
+}
+
+/// Validates the session of every request and renews it while its holder
+/// is active; see the [module docs](super) for the whole behaviour.
+///
+/// Clones share one store, cache and configuration; the per-route methods
+/// ([`validate_only`](Self::validate_only), [`activity`](Self::activity),
+/// [`token_source`](Self::token_source), [`responder`](Self::responder))
+/// return a layer that still shares them.
+#[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
+pub struct SessionRefreshLayer {
+    state: Arc<LayerState>,
+}
+
+impl SessionRefreshLayer {
+    /// A layer over `store` with the default settings (24 h sessions,
+    /// renewed within 4 h of expiry, 30-day cap, token in `x-session-id`).
+    pub fn new(store: impl SessionStore) -> Self {
+        Self::builder(store)
+            .build()
+            .expect("the default session settings are valid")
+    }
+
+    /// A builder over `store`, to change the settings.
+    pub fn builder(store: impl SessionStore) -> SessionRefreshBuilder {
+        SessionRefreshBuilder {
+            store: Arc::new(store),
+            config: SessionConfig {
+                duration: 24 * HOUR,
+                refresh_threshold: 4 * HOUR,
+                absolute_lifetime: Some(30 * 24 * HOUR),
+                cache_capacity: 100_000,
+                cache_ttl: Duration::from_secs(30),
+                expired_retention: 24 * HOUR,
+                store_timeout: Duration::from_secs(2),
+            },
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The handle that creates and revokes this layer's sessions.
+    pub fn handle(&self) -> SessionHandle {
+        SessionHandle {
+            core: Arc::clone(&self.state.core),
+        }
+    }
+
+    /// Where requests carry their token (default: the `x-session-id` header).
+    pub fn token_source(self, source: impl TokenSource) -> Self {
+        let mut state = self.state.rebuilt();
+        state.source_name = type_name_of(&source);
+        state.source = Arc::new(source);
+        Self {
+            state: Arc::new(state),
+        }
+    }
+
+    /// Which requests count as activity (default: every request).
+    pub fn activity(self, rule: impl ActivityRule) -> Self {
+        let mut state = self.state.rebuilt();
+        state.activity_name = type_name_of(&rule);
+        state.activity = Arc::new(rule);
+        Self {
+            state: Arc::new(state),
+        }
+    }
+
+    /// Validates sessions but never renews them (for reads that should not
+    /// keep a session alive).
+    pub fn validate_only(self) -> Self {
+        self.activity(ValidateOnly)
+    }
+
+    /// Replaces the builder of rejection responses.
+    pub fn responder(self, responder: impl RejectionResponder) -> Self {
+        let mut state = self.state.rebuilt();
+        state.responder_name = type_name_of(&responder);
+        state.responder = Arc::new(responder);
+        Self {
+            state: Arc::new(state),
+        }
+    }
+}
+
+fn type_name_of<T>(_: &T) -> &'static str {
+    type_name::<T>()
+}
+
+impl fmt::Debug for SessionRefreshLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.state.fmt(f)
+    }
+}
+
+impl<S> Layer<S> for SessionRefreshLayer {
+    type Service = SessionRefresh<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionRefresh::new(inner, Arc::clone(&self.state))
+    }
+}

@@ -1,0 +1,100 @@
+//! The `SessionRefresh` service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::core::{Session, Verdict};
+use super::future::ResponseFuture;
+use super::layer::LayerState;
+use super::source::TokenError;
+use crate::rejection::{ErrorCode, Rejection};
+use crate::request::RequestHead;
+
+/// Middleware that validates and renews sessions; made by
+/// [`SessionRefreshLayer`](super::SessionRefreshLayer).
+#[derive(Clone)]
+pub struct SessionRefresh<S> {
+    inner: S,
+    state: Arc<LayerState>,
+}
+
+impl<S> SessionRefresh<S> {
+    pub(crate) fn new(inner: S, state: Arc<LayerState>) -> Self {
+        Self { inner, state }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SessionRefresh<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRefresh")
+            .field("inner", &self.inner)
+            .field("layer", &self.state)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionRefresh<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<crate::GuardBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let state = &self.state;
+        let head = RequestHead::of(&request);
+        let token = match state.source.token(&head) {
+            Ok(token) => token,
+            Err(error) => {
+                let code = match error {
+                    TokenError::Missing => ErrorCode::SessionMissing,
+                    TokenError::Malformed => ErrorCode::SessionInvalid,
+                };
+                let response = state.responder.respond(&Rejection::new(code), &head);
+                return ResponseFuture::rejected(response);
+            }
+        };
+        let activity = state.activity.is_activity(&head);
+        let core = &state.core;
+        let cached = core.cache.get(&token);
+        if let Some(data) = &cached {
+            if core.classify(data, core.clock.now(), activity) == Verdict::Valid {
+                // Cache hit with nothing to write: no allocation, no box.
+                let expires_header = data.expires_header.clone();
+                request
+                    .extensions_mut()
+                    .insert(Session::new(Arc::clone(data), false));
+                return ResponseFuture::calling(self.inner.call(request), expires_header, None);
+            }
+        }
+        let resolving = Box::pin(Arc::clone(core).resolve(token, cached, activity));
+        // Move the service that was made ready into the future; keep a clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::resolving(resolving, request, inner, Arc::clone(state), token)
+    }
+}

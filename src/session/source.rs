@@ -1,0 +1,399 @@
+//! Where a request carries its session token.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE, SET_COOKIE};
+
+use super::token::{MalformedToken, SessionToken};
+use crate::request::RequestHead;
+
+/// Why no token could be taken from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The request carries no token (`session_missing`).
+    #[error("no session token was presented")]
+    Missing,
+    /// The request carries something that is not a token (`session_invalid`).
+    #[error("the presented session token is malformed")]
+    Malformed,
+}
+
+impl From<MalformedToken> for TokenError {
+    fn from(_: MalformedToken) -> Self {
+        Self::Malformed
+    }
+}
+
+/// Takes the session token from a request.
+///
+/// Implemented by [`HeaderSource`] (the default, `x-session-id`),
+/// [`BearerSource`], [`CookieSource`], and any
+/// `Fn(&RequestHead<'_>) -> Result<SessionToken, TokenError>` closure.
+pub trait TokenSource: Send + Sync + 'static {
+    /// The token the request presents.
+    fn token(&self, head: &RequestHead<'_>) -> Result<SessionToken, TokenError>;
+
+    /// A header to add to the response when the session was renewed (a
+    /// cookie source re-sends its cookie with the new `Max-Age`).
+    fn on_renewal(
+        &self,
+        token: &SessionToken,
+        max_age: Duration,
+    ) -> Option<(HeaderName, HeaderValue)> {
+        let _ = (token, max_age);
+        None
+    }
+}
+
+impl<F> TokenSource for F
+where
+    F: Fn(&RequestHead<'_>) -> Result<SessionToken, TokenError> + Send + Sync + 'static,
+{
+    fn token(&self, head: &RequestHead<'_>) -> Result<SessionToken, TokenError> {
+        self(head)
+    }
+}
+
+/// Reads the token from a header (default `x-session-id`); works for gRPC
+/// metadata too. When the header appears several times, the first counts.
+#[derive(Debug, Clone)]
+pub struct HeaderSource {
+    name: HeaderName,
+}
+
+impl HeaderSource {
+    /// Reads the token from the header `name`.
+    pub fn new(name: HeaderName) -> Self {
+        Self { name }
+    }
+}
+
+impl Default for HeaderSource {
+    fn default() -> Self {
+        Self::new(HeaderName::from_static("x-session-id"))
+    }
+}
+
+impl TokenSource for HeaderSource {
+    fn token(&self, head: &RequestHead<'_>) -> Result<SessionToken, TokenError> {
+        let value = head.headers().get(&self.name).ok_or(TokenError::Missing)?;
+        Ok(SessionToken::parse_bytes(value.as_bytes())?)
+    }
+}
+
+/// Reads the token from `Authorization: Bearer <token>`.
+///
+/// A missing `Authorization` header is `Missing`; any other scheme, or a
+/// bearer credential that is not a token, is `Malformed`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BearerSource;
+
+impl TokenSource for BearerSource {
+    fn token(&self, head: &RequestHead<'_>) -> Result<SessionToken, TokenError> {
+        let value = head
+            .headers()
+            .get(AUTHORIZATION)
+            .ok_or(TokenError::Missing)?
+            .as_bytes();
+        let (scheme, credential) = match value.iter().position(|&b| b == b' ') {
+            Some(space) => (&value[..space], &value[space + 1..]),
+            None => return Err(TokenError::Malformed),
+        };
+        if !scheme.eq_ignore_ascii_case(b"bearer") {
+            return Err(TokenError::Malformed);
+        }
+        Ok(SessionToken::parse_bytes(trim_spaces(credential))?)
+    }
+}
+
+fn trim_spaces(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// The `SameSite` attribute of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax` (the default).
+    Lax,
+    /// `SameSite=None` (requires `Secure`).
+    None,
+}
+
+impl SameSite {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "Strict",
+            Self::Lax => "Lax",
+            Self::None => "None",
+        }
+    }
+}
+
+/// Reads the token from a cookie and re-sends the cookie, with the new
+/// `Max-Age`, whenever the session is renewed.
+///
+/// Defaults: name `session`, `Path=/`, `HttpOnly`, `Secure`,
+/// `SameSite=Lax`, no `Domain`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_saas_guard::session::{CookieSource, SessionToken};
+///
+/// let cookies = CookieSource::new("sid");
+/// let token = SessionToken::generate()?;
+/// let header = cookies.set_cookie(&token, Duration::from_secs(3600));
+/// assert_eq!(
+///     header.to_str()?,
+///     format!("sid={token}; Max-Age=3600; Path=/; HttpOnly; Secure; SameSite=Lax")
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct CookieSource {
+    name: String,
+    path: String,
+    domain: Option<String>,
+    secure: bool,
+    same_site: SameSite,
+}
+
+impl CookieSource {
+    /// Reads the cookie `name`.
+    ///
+    /// # Panics
+    /// When `name` is not a valid cookie name (empty, or holding separators
+    /// or controls): a programming error, caught at start-up.
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)),
+            "cookie name {name:?} is not a valid cookie token"
+        );
+        Self {
+            name,
+            path: "/".to_owned(),
+            domain: None,
+            secure: true,
+            same_site: SameSite::Lax,
+        }
+    }
+
+    /// Sets the cookie's `Path` (default `/`).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// Sets the cookie's `Domain` (default: none, host-only).
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Turns `Secure` off, for plain-HTTP local development only.
+    pub fn insecure(mut self) -> Self {
+        self.secure = false;
+        self
+    }
+
+    /// Sets `SameSite` (default `Lax`).
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = same_site;
+        self
+    }
+
+    /// The `Set-Cookie` value that hands `token` to a browser for `max_age`
+    /// (for the response that creates a session).
+    pub fn set_cookie(&self, token: &SessionToken, max_age: Duration) -> HeaderValue {
+        let mut cookie = format!(
+            "{}={}; Max-Age={}; Path={}",
+            self.name,
+            token,
+            max_age.as_secs(),
+            self.path
+        );
+        if let Some(domain) = &self.domain {
+            cookie.push_str("; Domain=");
+            cookie.push_str(domain);
+        }
+        cookie.push_str("; HttpOnly");
+        if self.secure {
+            cookie.push_str("; Secure");
+        }
+        cookie.push_str("; SameSite=");
+        cookie.push_str(self.same_site.as_str());
+        HeaderValue::from_str(&cookie).unwrap_or_else(|_| {
+            // Path or Domain held bytes a header cannot carry: send the
+            // cookie without them rather than none at all.
+            HeaderValue::from_str(&format!(
+                "{}={}; Max-Age={}; Path=/; HttpOnly; Secure; SameSite=Lax",
+                self.name,
+                token,
+                max_age.as_secs()
+            ))
+            .expect("cookie name and token are header-safe")
+        })
+    }
+}
+
+impl fmt::Debug for CookieSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CookieSource")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("domain", &self.domain)
+            .field("secure", &self.secure)
+            .field("same_site", &self.same_site)
+            .finish()
+    }
+}
+
+impl TokenSource for CookieSource {
+    fn token(&self, head: &RequestHead<'_>) -> Result<SessionToken, TokenError> {
+        for header in head.headers().get_all(COOKIE) {
+            for pair in header.as_bytes().split(|&b| b == b';') {
+                let pair = trim_spaces(pair);
+                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                if &pair[..eq] == self.name.as_bytes() {
+                    let mut value = &pair[eq + 1..];
+                    if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
+                        value = &value[1..value.len() - 1];
+                    }
+                    return Ok(SessionToken::parse_bytes(value)?);
+                }
+            }
+        }
+        Err(TokenError::Missing)
+    }
+
+    fn on_renewal(
+        &self,
+        token: &SessionToken,
+        max_age: Duration,
+    ) -> Option<(HeaderName, HeaderValue)> {
+        Some((SET_COOKIE, self.set_cookie(token, max_age)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn token_from(
+        source: &dyn TokenSource,
+        name: &str,
+        value: &str,
+    ) -> Result<SessionToken, TokenError> {
+        let request = Request::builder()
+            .header(name, value)
+            .body(())
+            .expect("valid request");
+        source.token(&RequestHead::of(&request))
+    }
+
+    #[test]
+    fn header_source_reads_the_named_header() {
+        let token = SessionToken::generate().expect("os randomness");
+        let source = HeaderSource::default();
+        assert_eq!(
+            token_from(&source, "x-session-id", &token.to_string()),
+            Ok(token)
+        );
+        assert_eq!(
+            token_from(&source, "x-other", "x"),
+            Err(TokenError::Missing)
+        );
+        assert_eq!(
+            token_from(&source, "x-session-id", "nope"),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn bearer_source_needs_the_bearer_scheme() {
+        let token = SessionToken::generate().expect("os randomness");
+        let source = BearerSource;
+        assert_eq!(
+            token_from(&source, "authorization", &format!("Bearer {token}")),
+            Ok(token)
+        );
+        assert_eq!(
+            token_from(&source, "authorization", &format!("bearer  {token}")),
+            Ok(token)
+        );
+        assert_eq!(
+            token_from(&source, "authorization", &format!("Basic {token}")),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            token_from(&source, "authorization", "Bearer"),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            token_from(&source, "x-session-id", &token.to_string()),
+            Err(TokenError::Missing)
+        );
+    }
+
+    #[test]
+    fn cookie_source_finds_its_cookie_among_others() {
+        let token = SessionToken::generate().expect("os randomness");
+        let source = CookieSource::new("sid");
+        assert_eq!(
+            token_from(&source, "cookie", &format!("a=1; sid={token}; b=2")),
+            Ok(token)
+        );
+        assert_eq!(
+            token_from(&source, "cookie", &format!("sid=\"{token}\"")),
+            Ok(token)
+        );
+        assert_eq!(
+            token_from(&source, "cookie", "a=1; sidx=2"),
+            Err(TokenError::Missing)
+        );
+        assert_eq!(
+            token_from(&source, "cookie", "sid=garbage"),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn cookie_is_resent_with_secure_defaults_on_renewal() {
+        let token = SessionToken::generate().expect("os randomness");
+        let (name, value) = CookieSource::new("sid")
+            .on_renewal(&token, Duration::from_secs(86_400))
+            .expect("cookie source re-sends its cookie");
+        assert_eq!(name, SET_COOKIE);
+        assert_eq!(
+            value.to_str().expect("ascii"),
+            format!("sid={token}; Max-Age=86400; Path=/; HttpOnly; Secure; SameSite=Lax")
+        );
+        let value = CookieSource::new("sid")
+            .insecure()
+            .same_site(SameSite::Strict)
+            .domain("example.com")
+            .path("/app")
+            .set_cookie(&token, Duration::from_secs(5));
+        assert_eq!(
+            value.to_str().expect("ascii"),
+            format!(
+                "sid={token}; Max-Age=5; Path=/app; Domain=example.com; HttpOnly; SameSite=Strict"
+            )
+        );
+    }
+}

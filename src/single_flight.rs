@@ -1,0 +1,97 @@
+//! Coalesces concurrent work on one key into one execution.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+type Flight<V> = Shared<BoxFuture<'static, V>>;
+
+/// Runs at most one future per key at a time; callers that arrive while it
+/// runs await the same result.
+///
+/// The entry leaves the map only after the work finished, so work that
+/// publishes its result (into a cache) before finishing is seen by every
+/// caller that arrives afterwards.
+pub(crate) struct SingleFlight<K, V: Clone> {
+    in_flight: Arc<Mutex<HashMap<K, Flight<V>>>>,
+}
+
+impl<K, V> SingleFlight<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new() -> Self {
+        Self {
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Joins the flight for `key`, or starts one with `start()`.
+    pub(crate) fn run(&self, key: K, start: impl FnOnce() -> BoxFuture<'static, V>) -> Flight<V> {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = in_flight.get(&key) {
+            return flight.clone();
+        }
+        let work = start();
+        let map = Arc::clone(&self.in_flight);
+        let landing_key = key.clone();
+        let flight = async move {
+            let value = work.await;
+            map.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&landing_key);
+            value
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(key, flight.clone());
+        flight
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_execution_and_the_entry_is_removed() {
+        let flights = Arc::new(SingleFlight::<u32, usize>::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let gate = gate.shared();
+        let mut waiters = Vec::new();
+        for _ in 0..50 {
+            let runs = Arc::clone(&runs);
+            let gate = gate.clone();
+            waiters.push(flights.run(7, move || {
+                async move {
+                    let _ = gate.await;
+                    runs.fetch_add(1, Ordering::SeqCst) + 1
+                }
+                .boxed()
+            }));
+        }
+        assert_eq!(flights.len(), 1);
+        release.send(()).expect("gate receiver alive");
+        for waiter in waiters {
+            assert_eq!(waiter.await, 1);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(flights.len(), 0);
+    }
+}
