@@ -6,7 +6,7 @@ use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use http::HeaderValue;
@@ -108,11 +108,18 @@ pub(crate) struct SessionData {
     pub(crate) payload: Arc<Value>,
     /// `x-session-expires-at` for this `expires_at`, rendered once.
     pub(crate) expires_header: HeaderValue,
+    /// `expires_at - refresh_threshold`: activity after this renews.
+    pub(crate) renew_after: SystemTime,
+    /// Past this instant the cached copy is re-read from the store (the
+    /// cache TTL, on the layer's clock).
+    pub(crate) fresh_until: SystemTime,
 }
 
 impl SessionData {
-    fn from_record(record: SessionRecord) -> Self {
+    fn from_record(record: SessionRecord, config: &SessionConfig, now: SystemTime) -> Self {
         Self {
+            fresh_until: now + config.cache_ttl,
+            renew_after: renew_after(record.expires_at, config),
             id: record.id,
             organization_id: record.organization_id,
             created_at: record.created_at,
@@ -122,8 +129,10 @@ impl SessionData {
         }
     }
 
-    fn with_expiry(&self, expires_at: SystemTime) -> Self {
+    fn with_expiry(&self, expires_at: SystemTime, config: &SessionConfig, now: SystemTime) -> Self {
         Self {
+            fresh_until: now + config.cache_ttl,
+            renew_after: renew_after(expires_at, config),
             id: self.id,
             organization_id: self.organization_id.clone(),
             created_at: self.created_at,
@@ -132,6 +141,12 @@ impl SessionData {
             expires_header: expires_header(expires_at),
         }
     }
+}
+
+fn renew_after(expires_at: SystemTime, config: &SessionConfig) -> SystemTime {
+    expires_at
+        .checked_sub(config.refresh_threshold)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 fn expires_header(at: SystemTime) -> HeaderValue {
@@ -147,6 +162,8 @@ pub(crate) enum Verdict {
     Renew,
     /// `expires_at <= now`: re-read from the store before rejecting.
     LooksExpired,
+    /// Older than the cache TTL: re-read from the store.
+    Stale,
 }
 
 /// Hashes a session token by its first eight bytes.
@@ -178,44 +195,6 @@ type SessionCache =
     moka::sync::Cache<SessionToken, Arc<SessionData>, BuildHasherDefault<TokenHasher>>;
 type LoadOutcome = Result<Option<Arc<SessionData>>, StoreError>;
 
-/// Keeps each cache entry no longer than the cache TTL nor than the
-/// session's own `expires_at`.
-struct SessionExpiry {
-    clock: Arc<dyn Clock>,
-    ttl: Duration,
-}
-
-impl SessionExpiry {
-    fn lifetime(&self, data: &SessionData) -> Duration {
-        let left = data
-            .expires_at
-            .duration_since(self.clock.now())
-            .unwrap_or(Duration::ZERO);
-        left.min(self.ttl)
-    }
-}
-
-impl moka::Expiry<SessionToken, Arc<SessionData>> for SessionExpiry {
-    fn expire_after_create(
-        &self,
-        _: &SessionToken,
-        data: &Arc<SessionData>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(self.lifetime(data))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &SessionToken,
-        data: &Arc<SessionData>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.lifetime(data))
-    }
-}
-
 pub(crate) struct SessionCore {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) cache: SessionCache,
@@ -236,10 +215,8 @@ impl SessionCore {
     ) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_capacity)
-            .expire_after(SessionExpiry {
-                clock: Arc::clone(&clock),
-                ttl: config.cache_ttl,
-            })
+            // Housekeeping in real time; freshness is judged by `clock`.
+            .time_to_live(config.cache_ttl)
             .build_with_hasher(BuildHasherDefault::<TokenHasher>::default());
         Self {
             store,
@@ -255,18 +232,18 @@ impl SessionCore {
     /// What `data` means at `now` for a request that is (or is not) activity.
     #[inline]
     pub(crate) fn classify(&self, data: &SessionData, now: SystemTime, activity: bool) -> Verdict {
-        match data.expires_at.duration_since(now) {
-            Ok(left) if !left.is_zero() => {
-                if activity
-                    && left < self.config.refresh_threshold
-                    && self.renewal_target(data, now) > data.expires_at
-                {
-                    Verdict::Renew
-                } else {
-                    Verdict::Valid
-                }
-            }
-            _ => Verdict::LooksExpired,
+        if now >= data.expires_at {
+            Verdict::LooksExpired
+        } else if now >= data.fresh_until {
+            Verdict::Stale
+        } else if activity
+            && now > data.renew_after
+            && self.renewal_target(data, now) > data.expires_at
+        {
+            // `now > expires_at - threshold`: less than the threshold is left.
+            Verdict::Renew
+        } else {
+            Verdict::Valid
         }
     }
 
@@ -284,6 +261,11 @@ impl SessionCore {
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // No Tokio timer to time the call with (a non-Tokio executor):
+            // run it without the cut-off rather than panic.
+            return operation.await;
+        }
         match tokio::time::timeout(self.config.store_timeout, operation).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::timeout()),
@@ -298,7 +280,7 @@ impl SessionCore {
         }
     }
 
-    /// The slow path: load (unless `seen` is valid and only needs a
+    /// The slow path: load (unless `seen` is fresh and only needs a
     /// renewal), reject what is unknown or expired, renew when due.
     pub(crate) async fn resolve(
         self: Arc<Self>,
@@ -306,8 +288,9 @@ impl SessionCore {
         seen: Option<Arc<SessionData>>,
         activity: bool,
     ) -> Result<(Arc<SessionData>, bool), Rejection> {
+        let now = self.clock.now();
         let data = match seen {
-            Some(data) if data.expires_at > self.clock.now() => data,
+            Some(data) if self.classify(&data, now, activity) == Verdict::Renew => data,
             stale => match self.load(token, stale).await {
                 Ok(Some(data)) => data,
                 Ok(None) => return Err(Rejection::new(ErrorCode::SessionNotFound)),
@@ -316,7 +299,7 @@ impl SessionCore {
         };
         let now = self.clock.now();
         match self.classify(&data, now, activity) {
-            Verdict::Valid => Ok((data, false)),
+            Verdict::Valid | Verdict::Stale => Ok((data, false)),
             Verdict::LooksExpired => {
                 self.cache.invalidate(&token);
                 Err(Rejection::new(ErrorCode::SessionExpired))
@@ -355,8 +338,9 @@ impl SessionCore {
                 let revocations_seen = core.revocations.load(Ordering::SeqCst);
                 let record = core.with_timeout(core.store.load(&token.id())).await?;
                 Ok(record.map(|record| {
-                    let data = Arc::new(SessionData::from_record(record));
-                    if data.expires_at > core.clock.now() {
+                    let now = core.clock.now();
+                    let data = Arc::new(SessionData::from_record(record, &core.config, now));
+                    if data.expires_at > now {
                         core.cache_insert(token, Arc::clone(&data), revocations_seen);
                     } else {
                         core.cache.invalidate(&token);
@@ -394,7 +378,8 @@ impl SessionCore {
                         Ok(None)
                     }
                     Some(stored) => {
-                        let renewed = Arc::new(data.with_expiry(stored));
+                        let now = core.clock.now();
+                        let renewed = Arc::new(data.with_expiry(stored, &core.config, now));
                         core.cache_insert(token, Arc::clone(&renewed), revocations_seen);
                         Ok(Some(renewed))
                     }
@@ -471,7 +456,7 @@ impl SessionHandle {
         };
         core.cache_insert(
             token,
-            Arc::new(SessionData::from_record(record)),
+            Arc::new(SessionData::from_record(record, &core.config, created_at)),
             revocations_seen,
         );
         Ok(created)
@@ -525,7 +510,9 @@ impl SessionHandle {
         let core = &self.core;
         let cached = core.cache.get(token);
         let data = match cached {
-            Some(data) if data.expires_at > core.clock.now() => Some(data),
+            Some(data) if core.classify(&data, core.clock.now(), false) == Verdict::Valid => {
+                Some(data)
+            }
             stale => core.load(*token, stale).await?,
         };
         Ok(data

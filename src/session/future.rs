@@ -41,24 +41,29 @@ pin_project! {
     enum State<S, ReqBody, F> {
         // Loading or renewing the session (cache miss, or renewal due).
         Resolving {
-            resolution: BoxFuture<'static, Resolution>,
-            request: Option<Request<ReqBody>>,
-            inner: S,
-            layer: Arc<LayerState>,
-            token: SessionToken,
+            // Boxed: only the slow path pays for its size.
+            resolving: Box<Resolving<S, ReqBody>>,
         },
         // The session is valid: the inner service runs.
         Calling {
             #[pin]
             future: F,
             expires_header: Option<HeaderValue>,
-            renewal_header: Option<(HeaderName, HeaderValue)>,
+            renewal_header: Option<Box<(HeaderName, HeaderValue)>>,
         },
         // Rejected before reaching the inner service.
         Rejected {
             response: Option<Response<Bytes>>,
         },
     }
+}
+
+struct Resolving<S, ReqBody> {
+    resolution: BoxFuture<'static, Resolution>,
+    request: Option<Request<ReqBody>>,
+    inner: S,
+    layer: Arc<LayerState>,
+    token: SessionToken,
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -73,16 +78,12 @@ where
         }
     }
 
-    pub(crate) fn calling(
-        future: S::Future,
-        expires_header: HeaderValue,
-        renewal_header: Option<(HeaderName, HeaderValue)>,
-    ) -> Self {
+    pub(crate) fn calling(future: S::Future, expires_header: HeaderValue) -> Self {
         Self {
             state: State::Calling {
                 future,
                 expires_header: Some(expires_header),
-                renewal_header,
+                renewal_header: None,
             },
         }
     }
@@ -96,11 +97,13 @@ where
     ) -> Self {
         Self {
             state: State::Resolving {
-                resolution,
-                request: Some(request),
-                inner,
-                layer,
-                token,
+                resolving: Box::new(Resolving {
+                    resolution,
+                    request: Some(request),
+                    inner,
+                    layer,
+                    token,
+                }),
             },
         }
     }
@@ -116,13 +119,14 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Resolving {
-                    resolution,
-                    request,
-                    inner,
-                    layer,
-                    token,
-                } => {
+                StateProj::Resolving { resolving } => {
+                    let Resolving {
+                        resolution,
+                        request,
+                        inner,
+                        layer,
+                        token,
+                    } = &mut **resolving;
                     let outcome = ready!(resolution.as_mut().poll(cx));
                     let mut request = request
                         .take()
@@ -134,7 +138,7 @@ where
                                     .expires_at
                                     .duration_since(layer.core.clock.now())
                                     .unwrap_or(Duration::ZERO);
-                                layer.source.on_renewal(token, left)
+                                layer.source.on_renewal(token, left).map(Box::new)
                             } else {
                                 None
                             };
@@ -165,7 +169,8 @@ where
                     if let Some(value) = expires_header.take() {
                         headers.insert(SESSION_EXPIRES_AT, value);
                     }
-                    if let Some((name, value)) = renewal_header.take() {
+                    if let Some(renewal) = renewal_header.take() {
+                        let (name, value) = *renewal;
                         headers.append(name, value);
                     }
                     return Poll::Ready(Ok(response.map(GuardBody::inner)));

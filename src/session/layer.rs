@@ -70,7 +70,8 @@ impl SessionRefreshBuilder {
     }
 
     /// How long a cached session is trusted before it is re-read: the bound
-    /// on how late a revocation done by another process is seen.
+    /// on how late a revocation done by another process is seen. Measured
+    /// on the layer's [`clock`](Self::clock).
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.config.cache_ttl = ttl;
         self

@@ -81,16 +81,15 @@ where
         let activity = state.activity.is_activity(&head);
         let core = &state.core;
         let cached = core.cache.get(&token);
-        if let Some(data) = &cached {
-            if core.classify(data, core.clock.now(), activity) == Verdict::Valid {
+        let cached = match cached {
+            Some(data) if core.classify(&data, core.clock.now(), activity) == Verdict::Valid => {
                 // Cache hit with nothing to write: no allocation, no box.
                 let expires_header = data.expires_header.clone();
-                request
-                    .extensions_mut()
-                    .insert(Session::new(Arc::clone(data), false));
-                return ResponseFuture::calling(self.inner.call(request), expires_header, None);
+                request.extensions_mut().insert(Session::new(data, false));
+                return ResponseFuture::calling(self.inner.call(request), expires_header);
             }
-        }
+            other => other,
+        };
         let resolving = Box::pin(Arc::clone(core).resolve(token, cached, activity));
         // Move the service that was made ready into the future; keep a clone.
         let clone = self.inner.clone();

@@ -3,14 +3,25 @@
 
 use std::fmt;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use sha2::{Digest, Sha256};
 
 /// Random bytes in a token: 256 bits from the operating system's CSPRNG.
 pub(crate) const TOKEN_BYTES: usize = 32;
 /// Length of a token's text form (base64url without padding).
 pub(crate) const TOKEN_CHARS: usize = 43;
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// base64url character → its 6-bit value; 0xff for every other byte.
+const DECODE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// A session token, the bearer secret a client presents.
 ///
@@ -61,14 +72,32 @@ impl SessionToken {
 
     /// Parses a token from raw header bytes, checking its exact shape.
     pub fn parse_bytes(text: &[u8]) -> Result<Self, MalformedToken> {
-        if text.len() != TOKEN_CHARS {
+        let text: &[u8; TOKEN_CHARS] = text.try_into().map_err(|_| MalformedToken)?;
+        // Hand-rolled base64url decoding of a fixed 43-character shape:
+        // this runs on every request, ahead of the cache lookup.
+        let sextet = |i: usize| u32::from(DECODE[usize::from(text[i])]);
+        let mut bytes = [0u8; TOKEN_BYTES];
+        let mut invalid = 0u32;
+        for group in 0..10 {
+            let at = group * 4;
+            let (a, b, c, d) = (sextet(at), sextet(at + 1), sextet(at + 2), sextet(at + 3));
+            invalid |= a | b | c | d;
+            let bits = (a << 18) | (b << 12) | (c << 6) | d;
+            bytes[group * 3] = (bits >> 16) as u8;
+            bytes[group * 3 + 1] = (bits >> 8) as u8;
+            bytes[group * 3 + 2] = bits as u8;
+        }
+        let (a, b, c) = (sextet(40), sextet(41), sextet(42));
+        invalid |= a | b | c;
+        let bits = (a << 12) | (b << 6) | c;
+        bytes[30] = (bits >> 10) as u8;
+        bytes[31] = (bits >> 2) as u8;
+        // Any byte outside the alphabet maps to 0xff; a canonical encoding
+        // leaves the last character's two spare bits at zero.
+        if invalid & 0xc0 != 0 || bits & 0b11 != 0 {
             return Err(MalformedToken);
         }
-        let mut bytes = [0u8; TOKEN_BYTES];
-        match URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
-            Ok(TOKEN_BYTES) => Ok(Self(bytes)),
-            _ => Err(MalformedToken),
-        }
+        Ok(Self(bytes))
     }
 
     /// The identifier stores key this session by: SHA-256 of the token.
@@ -86,12 +115,22 @@ impl SessionToken {
 
 impl fmt::Display for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; TOKEN_CHARS];
-        let written = URL_SAFE_NO_PAD
-            .encode_slice(self.0, &mut buf)
-            .expect("43 bytes hold the base64 of 32 bytes");
-        let text = std::str::from_utf8(&buf[..written]).expect("base64 output is ASCII");
-        f.write_str(text)
+        let mut text = [0u8; TOKEN_CHARS];
+        let sextet = |bits: u32, shift: u32| ALPHABET[((bits >> shift) & 0x3f) as usize];
+        for group in 0..10 {
+            let at = group * 3;
+            let bits = (u32::from(self.0[at]) << 16)
+                | (u32::from(self.0[at + 1]) << 8)
+                | u32::from(self.0[at + 2]);
+            for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+                text[group * 4 + i] = sextet(bits, shift);
+            }
+        }
+        let bits = (u32::from(self.0[30]) << 10) | (u32::from(self.0[31]) << 2);
+        text[40] = sextet(bits, 12);
+        text[41] = sextet(bits, 6);
+        text[42] = sextet(bits, 0);
+        f.write_str(std::str::from_utf8(&text).expect("the base64url alphabet is ASCII"))
     }
 }
 
@@ -197,6 +236,33 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(SessionToken::parse(&case), Err(MalformedToken), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn encoding_matches_rfc4648_base64url_without_padding() {
+        // RFC 4648 test vector, extended to 32 bytes.
+        let mut bytes = [0u8; TOKEN_BYTES];
+        bytes[..6].copy_from_slice(b"foobar");
+        bytes[31] = 0xff;
+        let token = SessionToken(bytes);
+        let text = token.to_string();
+        assert!(text.starts_with("Zm9vYmFy"), "{text}");
+        assert!(text.ends_with("AP8"), "{text}");
+        let all_ones = SessionToken([0xff; TOKEN_BYTES]).to_string();
+        assert_eq!(all_ones, format!("{}8", "_".repeat(42)));
+        assert_eq!(
+            SessionToken::parse(&all_ones),
+            Ok(SessionToken([0xff; TOKEN_BYTES]))
+        );
+        // The same bits with a spare bit set in the last character are not canonical.
+        assert_eq!(
+            SessionToken::parse(&format!("{}9", "_".repeat(42))),
+            Err(MalformedToken)
+        );
+        for _ in 0..1000 {
+            let token = SessionToken::generate().expect("os randomness");
+            assert_eq!(SessionToken::parse(&token.to_string()), Ok(token));
         }
     }
 

@@ -1,0 +1,961 @@
+//! SessionRefreshLayer end to end through `tower::ServiceExt::oneshot`, with
+//! the clock driven by the tests.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_saas_guard::session::{
+    BearerSource, CookieSource, HeaderSource, Session, SessionRefreshLayer, SessionToken,
+    TokenError, SESSION_EXPIRES_AT,
+};
+use tower_saas_guard::{rfc3339_millis, Clock, ConfigError, GuardBody, ManualClock, RequestHead};
+
+use support::{epoch, ProbeStore};
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+type Echo = tower::util::BoxCloneSyncService<Request<()>, Response<GuardBody<String>>, Infallible>;
+
+/// An inner service that answers 200 with the session it saw, as JSON.
+fn echo_service(layer: SessionRefreshLayer) -> Echo {
+    let inner = service_fn(|request: Request<()>| async move {
+        let session = request.extensions().get::<Session>().cloned();
+        let body = match session {
+            Some(session) => json!({
+                "id": session.id().to_string(),
+                "organization_id": session.organization_id(),
+                "created_at": rfc3339_millis(session.created_at()),
+                "expires_at": rfc3339_millis(session.expires_at()),
+                "renewed": session.renewed(),
+                "payload": session.payload(),
+            }),
+            None => Value::Null,
+        };
+        Ok::<_, Infallible>(Response::new(body.to_string()))
+    });
+    tower::util::BoxCloneSyncService::new(layer.layer(inner))
+}
+
+struct Fixture {
+    store: ProbeStore,
+    clock: ManualClock,
+    layer: SessionRefreshLayer,
+}
+
+impl Fixture {
+    /// 24 h sessions renewed within 4 h, 30-day cap: the defaults.
+    fn new() -> Self {
+        Self::with(|builder| builder)
+    }
+
+    fn with(
+        configure: impl FnOnce(
+            tower_saas_guard::session::SessionRefreshBuilder,
+        ) -> tower_saas_guard::session::SessionRefreshBuilder,
+    ) -> Self {
+        let store = ProbeStore::default();
+        let clock = ManualClock::new(epoch());
+        let layer = configure(SessionRefreshLayer::builder(store.clone()).clock(clock.clone()))
+            .build()
+            .expect("valid configuration");
+        Self {
+            store,
+            clock,
+            layer,
+        }
+    }
+
+    async fn create(&self) -> SessionToken {
+        self.layer
+            .handle()
+            .create(
+                Some("org_1"),
+                json!({ "name": "Ada", "email": "ada@example.com" }),
+            )
+            .await
+            .expect("create session")
+            .token
+    }
+
+    /// What the store holds as the session's expiry.
+    async fn stored_expiry(&self, token: &SessionToken) -> Option<SystemTime> {
+        use tower_saas_guard::session::SessionStore;
+        self.store
+            .inner
+            .load(&token.id())
+            .await
+            .expect("memory store")
+            .map(|record| record.expires_at)
+    }
+}
+
+fn with_token(token: &SessionToken) -> Request<()> {
+    Request::builder()
+        .header("x-session-id", token.to_string())
+        .body(())
+        .expect("valid request")
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+async fn send(service: &Echo, request: Request<()>) -> Answer {
+    let response = service.clone().oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes: Bytes = body.collect().await.expect("body").to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+fn assert_rejected(answer: &Answer, code: &str) {
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{:?}", answer.body);
+    assert_eq!(
+        answer.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(answer.body["code"], code);
+    assert_eq!(answer.body["status"], 401);
+    assert!(
+        !answer.headers.contains_key(SESSION_EXPIRES_AT),
+        "a rejection never carries x-session-expires-at"
+    );
+}
+
+fn expires_header(answer: &Answer) -> String {
+    answer.headers[SESSION_EXPIRES_AT]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn valid_session_reaches_the_handler_with_its_extension_and_expiry_header() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+
+    let answer = send(&service, with_token(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let expected_expiry = rfc3339_millis(epoch() + 24 * HOUR);
+    assert_eq!(expires_header(&answer), expected_expiry);
+    assert_eq!(answer.body["id"], token.id().to_string());
+    assert_eq!(answer.body["organization_id"], "org_1");
+    assert_eq!(answer.body["created_at"], rfc3339_millis(epoch()));
+    assert_eq!(answer.body["expires_at"], expected_expiry);
+    assert_eq!(answer.body["renewed"], false);
+    assert_eq!(answer.body["payload"]["email"], "ada@example.com");
+    // Creation warmed the cache: no store read at all.
+    assert_eq!(fixture.store.loads(), 0);
+}
+
+#[tokio::test]
+async fn missing_token_is_session_missing_for_every_source() {
+    let fixture = Fixture::new();
+    for layer in [
+        fixture.layer.clone(),
+        fixture.layer.clone().token_source(BearerSource),
+        fixture.layer.clone().token_source(CookieSource::new("sid")),
+    ] {
+        let service = echo_service(layer);
+        let answer = send(&service, Request::new(())).await;
+        assert_rejected(&answer, "session_missing");
+    }
+    assert_eq!(fixture.store.loads(), 0);
+}
+
+#[tokio::test]
+async fn malformed_token_is_session_invalid_without_touching_the_store() {
+    let fixture = Fixture::new();
+    let good = fixture.create().await.to_string();
+    let cases: Vec<(SessionRefreshLayer, &str, String)> = vec![
+        (fixture.layer.clone(), "x-session-id", "short".into()),
+        (fixture.layer.clone(), "x-session-id", format!("{good}x")),
+        (
+            fixture.layer.clone(),
+            "x-session-id",
+            format!("{}*", &good[..42]),
+        ),
+        (fixture.layer.clone(), "x-session-id", String::new()),
+        (
+            fixture.layer.clone().token_source(BearerSource),
+            "authorization",
+            "Bearer nope".into(),
+        ),
+        (
+            fixture.layer.clone().token_source(BearerSource),
+            "authorization",
+            format!("Basic {good}"),
+        ),
+        (
+            fixture.layer.clone().token_source(CookieSource::new("sid")),
+            "cookie",
+            "sid=%%%".into(),
+        ),
+    ];
+    for (layer, name, value) in cases {
+        let service = echo_service(layer);
+        let request = Request::builder()
+            .header(name, value.as_str())
+            .body(())
+            .expect("valid request");
+        let answer = send(&service, request).await;
+        assert_rejected(&answer, "session_invalid");
+    }
+    assert_eq!(
+        fixture.store.loads(),
+        0,
+        "shape is checked before any store access"
+    );
+}
+
+#[tokio::test]
+async fn header_bearer_and_cookie_sources_all_authenticate() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let cases =
+        [
+            (fixture.layer.clone(), "x-session-id", token.to_string()),
+            (
+                fixture.layer.clone().token_source(HeaderSource::new(
+                    http::HeaderName::from_static("x-widget-token"),
+                )),
+                "x-widget-token",
+                token.to_string(),
+            ),
+            (
+                fixture.layer.clone().token_source(BearerSource),
+                "authorization",
+                format!("Bearer {token}"),
+            ),
+            (
+                fixture.layer.clone().token_source(CookieSource::new("sid")),
+                "cookie",
+                format!("theme=dark; sid={token}"),
+            ),
+        ];
+    for (layer, name, value) in cases {
+        let service = echo_service(layer);
+        let request = Request::builder()
+            .header(name, value)
+            .body(())
+            .expect("valid request");
+        let answer = send(&service, request).await;
+        assert_eq!(answer.status, StatusCode::OK, "{name}");
+        assert_eq!(answer.body["id"], token.id().to_string());
+    }
+}
+
+#[tokio::test]
+async fn a_user_function_can_be_the_token_source() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let from_query = |head: &RequestHead<'_>| {
+        let query = head.uri().query().ok_or(TokenError::Missing)?;
+        let value = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("session="))
+            .ok_or(TokenError::Missing)?;
+        Ok(SessionToken::parse(value)?)
+    };
+    let service = echo_service(fixture.layer.clone().token_source(from_query));
+    let request = Request::builder()
+        .uri(format!("/x?a=1&session={token}"))
+        .body(())
+        .expect("valid request");
+    assert_eq!(send(&service, request).await.status, StatusCode::OK);
+    let request = Request::builder()
+        .uri("/x?session=bad")
+        .body(())
+        .expect("valid request");
+    assert_rejected(&send(&service, request).await, "session_invalid");
+    assert_rejected(&send(&service, Request::new(())).await, "session_missing");
+}
+
+#[tokio::test]
+async fn unknown_token_is_session_not_found_and_creates_nothing() {
+    let fixture = Fixture::new();
+    let service = echo_service(fixture.layer.clone());
+    let stranger = SessionToken::generate().expect("os randomness");
+    for _ in 0..3 {
+        assert_rejected(
+            &send(&service, with_token(&stranger)).await,
+            "session_not_found",
+        );
+    }
+    assert!(
+        fixture.store.inner.is_empty(),
+        "an unknown token never creates a record"
+    );
+    assert_eq!(fixture.store.extends(), 0);
+}
+
+#[tokio::test]
+async fn expired_session_is_rejected_not_recreated() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+
+    fixture.clock.advance(24 * HOUR - Duration::from_millis(1));
+    assert_eq!(
+        send(&service, with_token(&token)).await.status,
+        StatusCode::OK
+    );
+    // The request above renewed it (less than 4 h were left); let it lapse.
+    fixture.clock.advance(24 * HOUR);
+    let expired_at = fixture.stored_expiry(&token).await.expect("still stored");
+    assert!(expired_at <= fixture.clock.now());
+
+    for _ in 0..3 {
+        assert_rejected(&send(&service, with_token(&token)).await, "session_expired");
+    }
+    assert_eq!(
+        fixture.stored_expiry(&token).await,
+        Some(expired_at),
+        "never extended"
+    );
+    assert_eq!(fixture.store.inner.len(), 1, "nothing created");
+}
+
+#[tokio::test]
+async fn expired_records_answer_session_expired_until_the_retention_has_passed() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    let handle = fixture.layer.handle();
+
+    fixture.clock.advance(24 * HOUR + 23 * HOUR);
+    assert_eq!(
+        handle.purge_expired().await.expect("purge"),
+        0,
+        "retained 24 h"
+    );
+    assert_rejected(&send(&service, with_token(&token)).await, "session_expired");
+
+    fixture.clock.advance(2 * HOUR);
+    assert_eq!(handle.purge_expired().await.expect("purge"), 1);
+    assert_rejected(
+        &send(&service, with_token(&token)).await,
+        "session_not_found",
+    );
+}
+
+#[tokio::test]
+async fn renews_only_within_threshold() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    let first_expiry = epoch() + 24 * HOUR;
+
+    // 20 h later exactly 4 h are left: not *less* than the threshold.
+    for step in [HOUR, 10 * HOUR, 9 * HOUR] {
+        fixture.clock.advance(step);
+        let answer = send(&service, with_token(&token)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body["renewed"], false);
+        assert_eq!(expires_header(&answer), rfc3339_millis(first_expiry));
+    }
+    assert_eq!(fixture.store.extends(), 0, "no write outside the threshold");
+
+    fixture.clock.advance(Duration::from_millis(1));
+    let answer = send(&service, with_token(&token)).await;
+    let renewed_to = fixture.clock.now() + 24 * HOUR;
+    assert_eq!(answer.body["renewed"], true);
+    assert_eq!(expires_header(&answer), rfc3339_millis(renewed_to));
+    assert_eq!(answer.body["expires_at"], rfc3339_millis(renewed_to));
+    assert_eq!(fixture.stored_expiry(&token).await, Some(renewed_to));
+    assert_eq!(fixture.store.extends(), 1);
+
+    // Right after a renewal, more activity writes nothing.
+    fixture.clock.advance(SECOND);
+    let answer = send(&service, with_token(&token)).await;
+    assert_eq!(answer.body["renewed"], false);
+    assert_eq!(expires_header(&answer), rfc3339_millis(renewed_to));
+    assert_eq!(fixture.store.extends(), 1);
+}
+
+#[tokio::test]
+async fn validate_only_never_renews() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone().validate_only());
+    fixture.clock.advance(23 * HOUR);
+    let answer = send(&service, with_token(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(expires_header(&answer), rfc3339_millis(epoch() + 24 * HOUR));
+    fixture.clock.advance(HOUR);
+    assert_rejected(&send(&service, with_token(&token)).await, "session_expired");
+    assert_eq!(fixture.store.extends(), 0);
+}
+
+#[tokio::test]
+async fn an_activity_predicate_chooses_which_requests_renew() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let only_writes = |head: &RequestHead<'_>| head.method() != Method::GET;
+    let service = echo_service(fixture.layer.clone().activity(only_writes));
+    fixture.clock.advance(21 * HOUR);
+
+    let mut get = with_token(&token);
+    *get.method_mut() = Method::GET;
+    assert_eq!(send(&service, get).await.body["renewed"], false);
+    assert_eq!(fixture.store.extends(), 0);
+
+    let mut post = with_token(&token);
+    *post.method_mut() = Method::POST;
+    assert_eq!(send(&service, post).await.body["renewed"], true);
+    assert_eq!(fixture.store.extends(), 1);
+}
+
+#[tokio::test]
+async fn absolute_lifetime_caps_renewal() {
+    let fixture = Fixture::with(|builder| {
+        builder
+            .duration(10 * SECOND)
+            .refresh_threshold(5 * SECOND)
+            .absolute_lifetime(25 * SECOND)
+    });
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    let cap = epoch() + 25 * SECOND;
+
+    let mut latest = epoch() + 10 * SECOND;
+    for _ in 0..8 {
+        fixture.clock.advance(3 * SECOND);
+        if fixture.clock.now() >= latest {
+            break;
+        }
+        let answer = send(&service, with_token(&token)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let expiry = fixture.stored_expiry(&token).await.expect("stored");
+        assert!(
+            expiry <= cap,
+            "expires_at never passes created_at + absolute_lifetime"
+        );
+        assert!(expiry >= latest, "expires_at never moves backwards");
+        latest = expiry;
+    }
+    assert_eq!(latest, cap, "renewals reached the cap exactly");
+    fixture.clock.set(cap);
+    assert_rejected(&send(&service, with_token(&token)).await, "session_expired");
+}
+
+#[tokio::test]
+async fn disabled_absolute_lifetime_lets_an_active_session_live_on() {
+    let fixture = Fixture::with(|builder| {
+        builder
+            .duration(10 * SECOND)
+            .refresh_threshold(5 * SECOND)
+            .no_absolute_lifetime()
+    });
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    for _ in 0..40 {
+        fixture.clock.advance(3 * SECOND);
+        assert_eq!(
+            send(&service, with_token(&token)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert!(fixture.stored_expiry(&token).await.expect("stored") > epoch() + 120 * SECOND);
+}
+
+#[tokio::test]
+async fn cached_record_renewed_by_another_writer_is_not_rejected() {
+    // Two processes share one store; each has its own cache.
+    let fixture = Fixture::new();
+    let other_process = SessionRefreshLayer::builder(fixture.store.clone())
+        .clock(fixture.clock.clone())
+        .build()
+        .expect("valid configuration");
+    let token = fixture.create().await;
+    let here = echo_service(fixture.layer.clone().validate_only());
+    let there = echo_service(other_process);
+
+    assert_eq!(send(&here, with_token(&token)).await.status, StatusCode::OK);
+    fixture.clock.advance(21 * HOUR);
+    let renewed = send(&there, with_token(&token)).await;
+    assert_eq!(renewed.body["renewed"], true);
+
+    // Past the expiry this process cached: it must ask the store again.
+    fixture.clock.advance(4 * HOUR);
+    let loads_before = fixture.store.loads();
+    let answer = send(&here, with_token(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(expires_header(&answer), expires_header(&renewed));
+    assert_eq!(
+        fixture.store.loads(),
+        loads_before + 1,
+        "re-read exactly once"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_thousand_concurrent_requests_on_a_cold_session_load_it_once() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    // A fresh process: same store, empty cache.
+    let cold = SessionRefreshLayer::builder(fixture.store.clone())
+        .clock(fixture.clock.clone())
+        .build()
+        .expect("valid configuration");
+    let service = echo_service(cold);
+    fixture.store.close_gate();
+
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            tokio::spawn({
+                let service = service.clone();
+                async move { send(&service, with_token(&token)).await.status }
+            })
+        })
+        .collect();
+    // Let every request reach the store gate before it opens.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    fixture.store.open_gate();
+    for request in requests {
+        assert_eq!(request.await.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(fixture.store.loads(), 1);
+
+    // And they are now served from the cache.
+    send(&service, with_token(&token)).await;
+    assert_eq!(fixture.store.loads(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_thousand_concurrent_due_requests_write_once() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    fixture.clock.advance(21 * HOUR);
+    fixture.store.close_gate();
+
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            tokio::spawn({
+                let service = service.clone();
+                async move { send(&service, with_token(&token)).await }
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    fixture.store.open_gate();
+    let renewed_to = rfc3339_millis(fixture.clock.now() + 24 * HOUR);
+    for request in requests {
+        let answer = request.await.expect("task");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(expires_header(&answer), renewed_to);
+    }
+    assert_eq!(fixture.store.extends(), 1);
+    // The cached copy was older than the cache TTL: re-read once, for all.
+    assert_eq!(fixture.store.loads(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_due_requests_on_two_threads_write_once_and_never_backwards() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    fixture.clock.advance(21 * HOUR);
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            tokio::spawn({
+                let service = service.clone();
+                async move { send(&service, with_token(&token)).await.status }
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(fixture.store.extends(), 1);
+    assert_eq!(
+        fixture.stored_expiry(&token).await,
+        Some(fixture.clock.now() + 24 * HOUR)
+    );
+}
+
+#[tokio::test]
+async fn revoked_session_is_rejected_at_once_even_when_cached() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    assert_eq!(
+        send(&service, with_token(&token)).await.status,
+        StatusCode::OK
+    );
+
+    assert!(fixture.layer.handle().revoke(&token).await.expect("revoke"));
+    assert_rejected(
+        &send(&service, with_token(&token)).await,
+        "session_not_found",
+    );
+    assert!(!fixture
+        .layer
+        .handle()
+        .revoke(&token)
+        .await
+        .expect("revoke twice"));
+}
+
+#[tokio::test]
+async fn a_revocation_by_another_process_is_seen_within_the_cache_ttl() {
+    let fixture = Fixture::with(|builder| builder.cache_ttl(30 * SECOND));
+    let other_process = SessionRefreshLayer::builder(fixture.store.clone())
+        .clock(fixture.clock.clone())
+        .build()
+        .expect("valid configuration");
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    assert_eq!(
+        send(&service, with_token(&token)).await.status,
+        StatusCode::OK
+    );
+
+    assert!(other_process.handle().revoke(&token).await.expect("revoke"));
+    fixture.clock.advance(29 * SECOND);
+    // Bounded staleness: this process may still trust its copy for a while.
+    assert_eq!(
+        send(&service, with_token(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(fixture.store.loads(), 0);
+    fixture.clock.advance(SECOND);
+    assert_rejected(
+        &send(&service, with_token(&token)).await,
+        "session_not_found",
+    );
+    assert_eq!(fixture.store.loads(), 1);
+}
+
+#[tokio::test]
+async fn revoking_an_organization_ends_all_its_sessions_and_only_those() {
+    let fixture = Fixture::new();
+    let handle = fixture.layer.handle();
+    let first = fixture.create().await;
+    let second = fixture.create().await;
+    let other = handle
+        .create(Some("org_2"), json!({}))
+        .await
+        .expect("create")
+        .token;
+    let service = echo_service(fixture.layer.clone());
+    for token in [&first, &second, &other] {
+        assert_eq!(
+            send(&service, with_token(token)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        handle.revoke_organization("org_1").await.expect("revoke"),
+        2
+    );
+    assert_rejected(
+        &send(&service, with_token(&first)).await,
+        "session_not_found",
+    );
+    assert_rejected(
+        &send(&service, with_token(&second)).await,
+        "session_not_found",
+    );
+    assert_eq!(
+        send(&service, with_token(&other)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn cookie_is_resent_with_the_new_max_age_only_when_renewed() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone().token_source(CookieSource::new("sid")));
+    let request = || {
+        Request::builder()
+            .header("cookie", format!("sid={token}"))
+            .body(())
+            .expect("valid request")
+    };
+    let answer = send(&service, request()).await;
+    assert!(!answer.headers.contains_key(header::SET_COOKIE));
+
+    fixture.clock.advance(22 * HOUR);
+    let answer = send(&service, request()).await;
+    assert_eq!(answer.body["renewed"], true);
+    assert_eq!(
+        answer.headers[header::SET_COOKIE],
+        format!("sid={token}; Max-Age=86400; Path=/; HttpOnly; Secure; SameSite=Lax").as_str()
+    );
+}
+
+#[tokio::test]
+async fn grpc_callers_get_trailers_only_unauthenticated() {
+    let fixture = Fixture::new();
+    let service = echo_service(fixture.layer.clone());
+    let stranger = SessionToken::generate().expect("os randomness");
+    let requests = [
+        Request::builder()
+            .header("content-type", "application/grpc")
+            .body(()),
+        Request::builder()
+            .header("content-type", "application/grpc+proto")
+            .header("x-session-id", "garbage")
+            .body(()),
+        Request::builder()
+            .header("content-type", "application/grpc")
+            .header("x-session-id", stranger.to_string())
+            .body(()),
+    ];
+    for request in requests {
+        let answer = send(&service, request.expect("valid request")).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.headers["content-type"], "application/grpc");
+        assert_eq!(answer.headers["grpc-status"], "16");
+        assert!(answer.headers.contains_key("grpc-message"));
+        assert_eq!(answer.body, Value::Null, "trailers-only: no body");
+    }
+}
+
+#[tokio::test]
+async fn grpc_responses_carry_the_expiry_as_response_metadata() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    let request = Request::builder()
+        .header("content-type", "application/grpc")
+        .header("x-session-id", token.to_string())
+        .body(())
+        .expect("valid request");
+    let answer = send(&service, request).await;
+    assert_eq!(expires_header(&answer), rfc3339_millis(epoch() + 24 * HOUR));
+}
+
+#[tokio::test]
+async fn failing_store_is_store_unavailable_with_retry_after() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let cold = echo_service(
+        SessionRefreshLayer::builder(fixture.store.clone())
+            .clock(fixture.clock.clone())
+            .build()
+            .expect("valid configuration"),
+    );
+    fixture
+        .store
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let answer = send(&cold, with_token(&token)).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.body["code"], "store_unavailable");
+    assert_eq!(answer.headers[header::RETRY_AFTER], "1");
+
+    let mut grpc = with_token(&token);
+    grpc.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    let answer = send(&cold, grpc).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["grpc-status"], "14");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hanging_store_is_cut_off_by_the_timeout() {
+    let fixture = Fixture::with(|builder| builder.store_timeout(Duration::from_millis(250)));
+    let token = fixture.create().await;
+    let cold = echo_service(
+        SessionRefreshLayer::builder(fixture.store.clone())
+            .clock(fixture.clock.clone())
+            .store_timeout(Duration::from_millis(250))
+            .build()
+            .expect("valid configuration"),
+    );
+    fixture
+        .store
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let answer = send(&cold, with_token(&token)).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.body["code"], "store_unavailable");
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn failed_renewal_lets_the_still_valid_session_through_and_retries_later() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    fixture.clock.advance(21 * HOUR);
+    fixture
+        .store
+        .fail_extend
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let answer = send(&service, with_token(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["renewed"], false);
+    assert_eq!(expires_header(&answer), rfc3339_millis(epoch() + 24 * HOUR));
+
+    fixture
+        .store
+        .fail_extend
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let answer = send(&service, with_token(&token)).await;
+    assert_eq!(answer.body["renewed"], true);
+    assert_eq!(fixture.store.extends(), 2);
+}
+
+#[tokio::test]
+async fn session_revoked_before_its_renewal_is_not_found() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    assert_eq!(
+        send(&service, with_token(&token)).await.status,
+        StatusCode::OK
+    );
+    // Deleted behind this process's back (say, by an admin tool).
+    {
+        use tower_saas_guard::session::SessionStore;
+        fixture
+            .store
+            .inner
+            .delete(&token.id())
+            .await
+            .expect("delete");
+    }
+    fixture.clock.advance(21 * HOUR);
+    assert_rejected(
+        &send(&service, with_token(&token)).await,
+        "session_not_found",
+    );
+}
+
+#[tokio::test]
+async fn inner_errors_pass_through_untouched() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let failing = service_fn(|_: Request<()>| async { Err::<Response<String>, _>("inner failed") });
+    let mut service = fixture.layer.layer(failing);
+    let error = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(with_token(&token))
+        .await
+        .expect_err("the inner error is returned as is");
+    assert_eq!(error, "inner failed");
+}
+
+#[tokio::test]
+async fn the_response_builder_can_be_replaced() {
+    let fixture = Fixture::new();
+    let teapot = |rejection: &tower_saas_guard::Rejection, _: &RequestHead<'_>| {
+        let mut response = Response::new(Bytes::from(rejection.code().as_str()));
+        *response.status_mut() = StatusCode::IM_A_TEAPOT;
+        response
+    };
+    let service = echo_service(fixture.layer.clone().responder(teapot));
+    let response = service.oneshot(Request::new(())).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, "session_missing");
+}
+
+#[test]
+fn invalid_configuration_is_an_error_at_build_time() {
+    let build = |configure: fn(
+        tower_saas_guard::session::SessionRefreshBuilder,
+    ) -> tower_saas_guard::session::SessionRefreshBuilder| {
+        configure(SessionRefreshLayer::builder(ProbeStore::default()))
+            .build()
+            .err()
+    };
+    assert_eq!(
+        build(|b| b.duration(Duration::ZERO)),
+        Some(ConfigError::ZeroDuration)
+    );
+    assert!(matches!(
+        build(|b| b.duration(HOUR).refresh_threshold(2 * HOUR)),
+        Some(ConfigError::ThresholdExceedsDuration { .. })
+    ));
+    assert!(matches!(
+        build(|b| b
+            .duration(2 * HOUR)
+            .refresh_threshold(HOUR)
+            .absolute_lifetime(HOUR)),
+        Some(ConfigError::AbsoluteLifetimeShorterThanDuration { .. })
+    ));
+    assert_eq!(
+        build(|b| b.cache_capacity(0)),
+        Some(ConfigError::ZeroCacheCapacity)
+    );
+    assert_eq!(
+        build(|b| b.cache_ttl(Duration::ZERO)),
+        Some(ConfigError::ZeroCacheTtl)
+    );
+    assert_eq!(
+        build(|b| b.store_timeout(Duration::ZERO)),
+        Some(ConfigError::ZeroStoreTimeout)
+    );
+    // The seed product's demonstration settings are expressible.
+    assert_eq!(
+        build(|b| b.duration(10 * SECOND).refresh_threshold(5 * SECOND)),
+        None
+    );
+    assert_eq!(
+        build(|b| b
+            .duration(HOUR)
+            .refresh_threshold(HOUR)
+            .absolute_lifetime(HOUR)),
+        None
+    );
+    let message = ConfigError::ThresholdExceedsDuration {
+        threshold: 2 * HOUR,
+        duration: HOUR,
+    }
+    .to_string();
+    assert!(message.contains("refresh threshold"), "{message}");
+}
+
+#[tokio::test]
+async fn handle_get_reads_without_renewing() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let handle = fixture.layer.handle();
+    fixture.clock.advance(23 * HOUR);
+    let session = handle.get(&token).await.expect("store").expect("valid");
+    assert_eq!(session.expires_at(), epoch() + 24 * HOUR);
+    assert_eq!(fixture.store.extends(), 0);
+    fixture.clock.advance(HOUR);
+    assert!(handle.get(&token).await.expect("store").is_none());
+    let stranger = SessionToken::generate().expect("os randomness");
+    assert!(handle.get(&stranger).await.expect("store").is_none());
+}

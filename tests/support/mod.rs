@@ -1,0 +1,124 @@
+//! Shared test doubles: a store that counts, gates, fails or hangs.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tower_saas_guard::session::{MemorySessionStore, SessionId, SessionRecord, SessionStore};
+use tower_saas_guard::StoreError;
+
+/// A fixed, round starting time for manual clocks.
+pub fn epoch() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("injected backend failure")]
+pub struct InjectedFailure;
+
+/// Wraps a memory store; counts calls; can hold loads and extends behind a
+/// gate, fail them, or hang forever.
+#[derive(Clone)]
+pub struct ProbeStore {
+    pub inner: MemorySessionStore,
+    pub loads: Arc<AtomicUsize>,
+    pub extends: Arc<AtomicUsize>,
+    pub creates: Arc<AtomicUsize>,
+    pub fail: Arc<AtomicBool>,
+    pub fail_extend: Arc<AtomicBool>,
+    pub hang: Arc<AtomicBool>,
+    gate: watch::Sender<bool>,
+}
+
+impl Default for ProbeStore {
+    fn default() -> Self {
+        Self::new(MemorySessionStore::new())
+    }
+}
+
+impl ProbeStore {
+    pub fn new(inner: MemorySessionStore) -> Self {
+        let (gate, _) = watch::channel(true);
+        Self {
+            inner,
+            loads: Arc::default(),
+            extends: Arc::default(),
+            creates: Arc::default(),
+            fail: Arc::default(),
+            fail_extend: Arc::default(),
+            hang: Arc::default(),
+            gate,
+        }
+    }
+
+    pub fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+
+    pub fn extends(&self) -> usize {
+        self.extends.load(Ordering::SeqCst)
+    }
+
+    /// Loads and extends wait until [`open_gate`](Self::open_gate).
+    pub fn close_gate(&self) {
+        self.gate.send_replace(false);
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    async fn pass(&self) -> Result<(), StoreError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let mut gate = self.gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(InjectedFailure));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for ProbeStore {
+    async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        self.inner.create(record).await
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.pass().await?;
+        self.inner.load(id).await
+    }
+
+    async fn extend(
+        &self,
+        id: &SessionId,
+        expires_at: SystemTime,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        self.extends.fetch_add(1, Ordering::SeqCst);
+        self.pass().await?;
+        if self.fail_extend.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(InjectedFailure));
+        }
+        self.inner.extend(id, expires_at).await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.inner.delete(id).await
+    }
+
+    async fn delete_by_organization(&self, organization_id: &str) -> Result<u64, StoreError> {
+        self.inner.delete_by_organization(organization_id).await
+    }
+
+    async fn purge_expired(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.inner.purge_expired(before).await
+    }
+}
