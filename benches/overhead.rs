@@ -67,5 +67,53 @@ fn overhead(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, overhead);
+/// What the cache-hit path is made of, each measured alone, to say where
+/// the layer's time goes.
+fn parts(c: &mut Criterion) {
+    use std::sync::Arc;
+    use tower_saas_guard::session::SessionToken;
+
+    let token = SessionToken::generate().expect("os randomness");
+    let text = token.to_string();
+    let cache: moka::sync::Cache<SessionToken, Arc<u64>> = moka::sync::Cache::new(100_000);
+    cache.insert(token, Arc::new(7));
+    let header = HeaderValue::from_static("2026-11-24T01:16:06.123Z");
+
+    let mut group = c.benchmark_group("parts");
+    group.bench_function("token_parse", |b| {
+        b.iter(|| black_box(SessionToken::parse_bytes(black_box(text.as_bytes()))))
+    });
+    group.bench_function("system_time_now", |b| {
+        b.iter(|| black_box(std::time::SystemTime::now()))
+    });
+    group.bench_function("moka_sync_get_hit", |b| {
+        b.iter(|| black_box(cache.get(black_box(&token))))
+    });
+    group.bench_function("request_new_alone", |b| {
+        b.iter(|| black_box(Request::new(())))
+    });
+    group.bench_function("request_new_and_first_extension_insert", |b| {
+        b.iter(|| {
+            let mut request = Request::new(());
+            request.extensions_mut().insert(Arc::new(7u64));
+            black_box(request)
+        })
+    });
+    group.bench_function("response_new_alone", |b| {
+        b.iter(|| black_box(Response::new(())))
+    });
+    group.bench_function("response_new_and_header_insert", |b| {
+        b.iter(|| {
+            let mut response = Response::new(());
+            response.headers_mut().insert(
+                tower_saas_guard::session::SESSION_EXPIRES_AT,
+                header.clone(),
+            );
+            black_box(response)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, overhead, parts);
 criterion_main!(benches);

@@ -26,6 +26,12 @@ where
     }
 }
 
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> SystemTime {
+        (**self).now()
+    }
+}
+
 /// The operating system's wall clock (`SystemTime::now`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

@@ -16,7 +16,9 @@ pub enum ConfigError {
     /// The refresh threshold is longer than the session duration, so every
     /// request would renew.
     #[error(
-        "refresh threshold ({threshold:?}) must not exceed the session duration ({duration:?})"
+        "refresh threshold ({}) must not exceed the session duration ({})",
+        humantime::format_duration(*threshold),
+        humantime::format_duration(*duration)
     )]
     ThresholdExceedsDuration {
         /// The configured refresh threshold.
@@ -27,7 +29,9 @@ pub enum ConfigError {
     /// The absolute lifetime is shorter than one session duration, so new
     /// sessions would be cut short at creation.
     #[error(
-        "absolute lifetime ({absolute_lifetime:?}) must be at least the session duration ({duration:?}); disable it instead of shortening it"
+        "absolute lifetime ({}) must be at least the session duration ({}); disable it instead of shortening it",
+        humantime::format_duration(*absolute_lifetime),
+        humantime::format_duration(*duration)
     )]
     AbsoluteLifetimeShorterThanDuration {
         /// The configured absolute lifetime.

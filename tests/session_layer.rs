@@ -942,7 +942,10 @@ fn invalid_configuration_is_an_error_at_build_time() {
         duration: HOUR,
     }
     .to_string();
-    assert!(message.contains("refresh threshold"), "{message}");
+    assert_eq!(
+        message,
+        "refresh threshold (2h) must not exceed the session duration (1h)"
+    );
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ pub(crate) const TOKEN_CHARS: usize = 43;
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// base64url character → its 6-bit value; 0xff for every other byte.
-const DECODE: [u8; 256] = {
+static DECODE: [u8; 256] = {
     let mut table = [0xffu8; 256];
     let mut i = 0;
     while i < 64 {
@@ -75,21 +75,20 @@ impl SessionToken {
         let text: &[u8; TOKEN_CHARS] = text.try_into().map_err(|_| MalformedToken)?;
         // Hand-rolled base64url decoding of a fixed 43-character shape:
         // this runs on every request, ahead of the cache lookup.
-        let sextet = |i: usize| u32::from(DECODE[usize::from(text[i])]);
+        let (groups, tail) = text.split_at(40);
         let mut bytes = [0u8; TOKEN_BYTES];
-        let mut invalid = 0u32;
-        for group in 0..10 {
-            let at = group * 4;
-            let (a, b, c, d) = (sextet(at), sextet(at + 1), sextet(at + 2), sextet(at + 3));
+        let mut invalid = 0u8;
+        for (out, chunk) in bytes.chunks_exact_mut(3).zip(groups.chunks_exact(4)) {
+            let [a, b, c, d] =
+                [chunk[0], chunk[1], chunk[2], chunk[3]].map(|ch| DECODE[usize::from(ch)]);
             invalid |= a | b | c | d;
-            let bits = (a << 18) | (b << 12) | (c << 6) | d;
-            bytes[group * 3] = (bits >> 16) as u8;
-            bytes[group * 3 + 1] = (bits >> 8) as u8;
-            bytes[group * 3 + 2] = bits as u8;
+            let bits =
+                (u32::from(a) << 18) | (u32::from(b) << 12) | (u32::from(c) << 6) | u32::from(d);
+            out.copy_from_slice(&bits.to_be_bytes()[1..]);
         }
-        let (a, b, c) = (sextet(40), sextet(41), sextet(42));
+        let [a, b, c] = [tail[0], tail[1], tail[2]].map(|ch| DECODE[usize::from(ch)]);
         invalid |= a | b | c;
-        let bits = (a << 12) | (b << 6) | c;
+        let bits = (u32::from(a) << 12) | (u32::from(b) << 6) | u32::from(c);
         bytes[30] = (bits >> 10) as u8;
         bytes[31] = (bits >> 2) as u8;
         // Any byte outside the alphabet maps to 0xff; a canonical encoding
