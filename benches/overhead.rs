@@ -11,6 +11,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::header::COOKIE;
 use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
@@ -64,7 +65,93 @@ fn overhead(c: &mut Criterion) {
     group.bench_function("session_validate_only_cache_hit", |b| {
         b.iter(|| black_box(call(&mut validate_only, &token)))
     });
+    tower_sessions_baseline(&mut group, &runtime);
+    // Ours, driven the same way as tower-sessions, for a like-for-like ratio.
+    let session_header = http::HeaderName::from_static("x-session-id");
+    group.bench_function("session_refresh_cache_hit_block_on", |b| {
+        b.iter(|| black_box(block_call(&runtime, &mut sessions, &session_header, &token)))
+    });
     group.finish();
+}
+
+/// tower-sessions 0.15 with its memory store, in the same run: a request
+/// carrying the session cookie whose handler reads one value (no slide),
+/// and the same with `always_save` (a sliding expiry, written every request).
+fn tower_sessions_baseline(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+) {
+    use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
+
+    let _entered = runtime.enter();
+    let reader = service_fn(|request: Request<()>| async move {
+        let session = request
+            .extensions()
+            .get::<Session>()
+            .cloned()
+            .expect("tower-sessions session");
+        if session.get::<String>("name").await.ok().flatten().is_none() {
+            session
+                .insert("name", "Ada")
+                .await
+                .expect("memory store insert");
+        }
+        Ok::<_, Infallible>(Response::new(()))
+    });
+    for (name, always_save) in [
+        ("tower_sessions_read", false),
+        ("tower_sessions_always_save", true),
+    ] {
+        let layer = SessionManagerLayer::new(MemoryStore::default())
+            .with_secure(false)
+            .with_always_save(always_save);
+        let mut service = layer.layer(reader);
+        let first = runtime
+            .block_on(tower::ServiceExt::oneshot(
+                service.clone(),
+                Request::new(()),
+            ))
+            .expect("infallible");
+        let cookie = first.headers()[http::header::SET_COOKIE]
+            .to_str()
+            .expect("ascii cookie")
+            .split(';')
+            .next()
+            .expect("name=value")
+            .to_owned();
+        let cookie = HeaderValue::from_str(&cookie).expect("cookie is a header");
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(block_call(runtime, &mut service, &COOKIE, &cookie)))
+        });
+    }
+    // tower-sessions' future needs a runtime: its baseline is the bare
+    // service driven the same way.
+    let mut bare = reader_free();
+    let cookie = HeaderValue::from_static("id=unused");
+    group.bench_function("bare_block_on", |b| {
+        b.iter(|| black_box(block_call(runtime, &mut bare, &COOKIE, &cookie)))
+    });
+}
+
+fn reader_free(
+) -> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send> + Clone {
+    service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) })
+}
+
+fn block_call<S>(
+    runtime: &tokio::runtime::Runtime,
+    service: &mut S,
+    name: &http::HeaderName,
+    value: &HeaderValue,
+) -> S::Response
+where
+    S: Service<Request<()>, Error = Infallible>,
+{
+    let mut request = Request::new(());
+    request.headers_mut().insert(name, value.clone());
+    runtime
+        .block_on(service.call(request))
+        .unwrap_or_else(|never| match never {})
 }
 
 /// What the cache-hit path is made of, each measured alone, to say where

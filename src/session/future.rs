@@ -53,7 +53,8 @@ pin_project! {
         },
         // Rejected before reaching the inner service.
         Rejected {
-            response: Option<Response<Bytes>>,
+            // Boxed so the common states keep the future small.
+            response: Option<Box<Response<Bytes>>>,
         },
     }
 }
@@ -73,7 +74,7 @@ where
     pub(crate) fn rejected(response: Response<Bytes>) -> Self {
         Self {
             state: State::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -179,7 +180,7 @@ where
                     let response = response
                         .take()
                         .expect("ResponseFuture polled after it completed");
-                    return Poll::Ready(Ok(response.map(GuardBody::rejection)));
+                    return Poll::Ready(Ok((*response).map(GuardBody::rejection)));
                 }
             }
         }
