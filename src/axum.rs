@@ -8,6 +8,7 @@ use http::request::Parts;
 
 use crate::rejection::problem_json;
 use crate::session::Session;
+use crate::subscription::Entitlement;
 
 /// A handler asked for something no layer put into the request: the route
 /// is missing its layer. Answers 500, since this is a server bug.
@@ -47,5 +48,27 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts.extensions.get::<Session>().cloned())
+    }
+}
+
+/// Extracts the [`Entitlement`] a subscription layer decided.
+impl<S: Send + Sync> FromRequestParts<S> for Entitlement {
+    type Rejection = MissingExtension;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Entitlement>()
+            .cloned()
+            .ok_or(MissingExtension("Entitlement"))
+    }
+}
+
+/// `Option<Entitlement>`: `None` on routes without a subscription layer.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Entitlement {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Entitlement>().cloned())
     }
 }

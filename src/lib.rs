@@ -4,6 +4,10 @@
 //!   session of every request and renews it only when it is close to
 //!   expiring, so active users are never logged out and the store is
 //!   written once per renewal window, not once per request.
+//! * [`RequireSubscriptionLayer`](subscription::RequireSubscriptionLayer)
+//!   lets a request through only when its organization holds an entitling
+//!   subscription; [`EntitlementLayer`](subscription::EntitlementLayer)
+//!   only attaches the decision, for handlers that degrade softly.
 //!
 //! It works with any `tower` stack over `http` requests: axum, plain hyper,
 //! and tonic (rejections of gRPC calls are gRPC trailers-only responses).
@@ -39,12 +43,13 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `axum` | [`Session`](session::Session) and `Option<Session>` as axum extractors |
+//! | `axum` | [`Session`](session::Session), [`Entitlement`](subscription::Entitlement) and their `Option`s as axum extractors |
 //!
 //! The core needs only tower, http, moka, serde and a Tokio timer.
 #![deny(missing_docs, unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod billing;
 mod body;
 mod clock;
 mod error;
@@ -52,6 +57,7 @@ pub mod rejection;
 mod request;
 pub mod session;
 mod single_flight;
+pub mod subscription;
 
 #[cfg(feature = "axum")]
 mod axum;

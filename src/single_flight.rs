@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 type Flight<V> = Shared<BoxFuture<'static, V>>;
+type Flights<K, V> = HashMap<K, (u64, Flight<V>)>;
 
 /// Runs at most one future per key at a time; callers that arrive while it
 /// runs await the same result.
@@ -15,7 +16,8 @@ type Flight<V> = Shared<BoxFuture<'static, V>>;
 /// publishes its result (into a cache) before finishing is seen by every
 /// caller that arrives afterwards.
 pub(crate) struct SingleFlight<K, V: Clone> {
-    in_flight: Arc<Mutex<HashMap<K, Flight<V>>>>,
+    in_flight: Arc<Mutex<Flights<K, V>>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl<K, V> SingleFlight<K, V>
@@ -26,6 +28,7 @@ where
     pub(crate) fn new() -> Self {
         Self {
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            next_id: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -35,23 +38,40 @@ where
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = in_flight.get(&key) {
+        if let Some((_, flight)) = in_flight.get(&key) {
             return flight.clone();
         }
         let work = start();
         let map = Arc::clone(&self.in_flight);
         let landing_key = key.clone();
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let flight = async move {
             let value = work.await;
-            map.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&landing_key);
+            let mut in_flight = map.lock().unwrap_or_else(PoisonError::into_inner);
+            // Remove this flight only: after `forget`, a newer one may hold the key.
+            if in_flight
+                .get(&landing_key)
+                .is_some_and(|(held, _)| *held == id)
+            {
+                in_flight.remove(&landing_key);
+            }
             value
         }
         .boxed()
         .shared();
-        in_flight.insert(key, flight.clone());
+        in_flight.insert(key, (id, flight.clone()));
         flight
+    }
+
+    /// Lets callers that arrive from now on start a new flight for `key`
+    /// (the running one still completes for those already waiting on it).
+    pub(crate) fn forget(&self, key: &K) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
     }
 
     #[cfg(test)]
@@ -92,6 +112,35 @@ mod tests {
             assert_eq!(waiter.await, 1);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn after_forget_a_new_flight_starts_and_the_old_one_does_not_remove_it() {
+        let flights = SingleFlight::<u32, u32>::new();
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let old = flights.run(1, move || {
+            async move {
+                let _ = gate.await;
+                1
+            }
+            .boxed()
+        });
+        flights.forget(&1);
+        let (release_new, gate_new) = tokio::sync::oneshot::channel::<()>();
+        let new = flights.run(1, move || {
+            async move {
+                let _ = gate_new.await;
+                2
+            }
+            .boxed()
+        });
+        release.send(()).expect("gate receiver alive");
+        assert_eq!(old.await, 1);
+        assert_eq!(flights.len(), 1, "the newer flight is still registered");
+        assert_eq!(flights.run(1, || async { 3 }.boxed()).peek(), None);
+        release_new.send(()).expect("gate receiver alive");
+        assert_eq!(new.await, 2);
         assert_eq!(flights.len(), 0);
     }
 }

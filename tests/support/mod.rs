@@ -122,3 +122,77 @@ impl SessionStore for ProbeStore {
         self.inner.purge_expired(before).await
     }
 }
+
+/// Wraps a memory subscription store; counts reads; can gate, fail or hang.
+#[derive(Clone)]
+pub struct ProbeSubscriptions {
+    pub inner: tower_saas_guard::subscription::MemorySubscriptionStore,
+    pub reads: Arc<AtomicUsize>,
+    pub fail: Arc<AtomicBool>,
+    pub hang: Arc<AtomicBool>,
+    gate: watch::Sender<bool>,
+}
+
+impl Default for ProbeSubscriptions {
+    fn default() -> Self {
+        let (gate, _) = watch::channel(true);
+        Self {
+            inner: Default::default(),
+            reads: Arc::default(),
+            fail: Arc::default(),
+            hang: Arc::default(),
+            gate,
+        }
+    }
+}
+
+impl ProbeSubscriptions {
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    pub fn close_gate(&self) {
+        self.gate.send_replace(false);
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.fail.store(failing, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl tower_saas_guard::subscription::SubscriptionStore for ProbeSubscriptions {
+    async fn subscriptions(
+        &self,
+        organization_id: &str,
+    ) -> Result<Vec<tower_saas_guard::subscription::Subscription>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let mut gate = self.gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(InjectedFailure));
+        }
+        tower_saas_guard::subscription::SubscriptionStore::subscriptions(
+            &self.inner,
+            organization_id,
+        )
+        .await
+    }
+
+    async fn upsert(
+        &self,
+        subscription: &tower_saas_guard::subscription::Subscription,
+    ) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(InjectedFailure));
+        }
+        tower_saas_guard::subscription::SubscriptionStore::upsert(&self.inner, subscription).await
+    }
+}

@@ -1,0 +1,365 @@
+//! [`Entitlements`]: the subscription store behind a moka cache, shared by
+//! the subscription layers and the billing webhook.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+
+use super::model::{Subscription, SubscriptionStatus};
+use super::policy::{Entitlement, EntitlementPolicy, EntitlementReason, OrganizationSubscriptions};
+use super::store::SubscriptionStore;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{ConfigError, StoreError};
+use crate::single_flight::SingleFlight;
+
+/// What the subscription layers do when the store fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Refuse: a hard gate answers `store_unavailable`; a soft gate attaches
+    /// a non-entitled decision (reason `store_unavailable`). The default.
+    FailClosed,
+    /// Keep deciding from the last subscriptions loaded, for at most this
+    /// long past their cache TTL; then fail closed.
+    ServeStale(Duration),
+    /// Treat the organization as entitled (reason `fail_open`).
+    FailOpen,
+}
+
+/// A cached load of one organization's subscriptions.
+#[derive(Debug)]
+pub(crate) struct CachedOrganization {
+    pub(crate) subscriptions: Arc<OrganizationSubscriptions>,
+    /// Re-read from the store from this instant on (on the clock).
+    pub(crate) fresh_until: SystemTime,
+    /// Usable after a failed re-read until this instant (serve-stale).
+    stale_until: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+struct EntitlementsConfig {
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+    cache_capacity: u64,
+    store_timeout: Duration,
+    on_store_error: OnStoreError,
+}
+
+type LoadOutcome = Result<Arc<CachedOrganization>, StoreError>;
+
+pub(crate) struct EntitlementsCore {
+    store: Arc<dyn SubscriptionStore>,
+    pub(crate) cache: moka::sync::Cache<Arc<str>, Arc<CachedOrganization>>,
+    loads: SingleFlight<Arc<str>, LoadOutcome>,
+    config: EntitlementsConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Bumped by every invalidation, so a load that raced one does not put
+    /// what it read before the change back into the cache.
+    invalidations: AtomicU64,
+}
+
+/// Why a lookup produced no subscriptions to decide from.
+pub(crate) enum LookupFailure {
+    /// Fail closed (the store error is logged).
+    Closed,
+    /// Fail open.
+    Open,
+}
+
+impl EntitlementsCore {
+    async fn with_timeout<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return operation.await;
+        }
+        tokio::time::timeout(self.config.store_timeout, operation)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::timeout()))
+    }
+
+    /// The subscriptions to decide from: cached when fresh, else loaded
+    /// (single-flight); on a store error, per [`OnStoreError`].
+    pub(crate) async fn lookup(
+        self: Arc<Self>,
+        organization_id: Arc<str>,
+        cached: Option<Arc<CachedOrganization>>,
+    ) -> Result<Arc<OrganizationSubscriptions>, LookupFailure> {
+        match self.load(organization_id, cached.clone()).await {
+            Ok(loaded) => Ok(Arc::clone(&loaded.subscriptions)),
+            Err(error) => {
+                tracing::warn!(%error, "subscription store unavailable");
+                match self.config.on_store_error {
+                    OnStoreError::FailOpen => Err(LookupFailure::Open),
+                    OnStoreError::ServeStale(_) => match cached {
+                        Some(cached) if self.clock.now() < cached.stale_until => {
+                            Ok(Arc::clone(&cached.subscriptions))
+                        }
+                        _ => Err(LookupFailure::Closed),
+                    },
+                    OnStoreError::FailClosed => Err(LookupFailure::Closed),
+                }
+            }
+        }
+    }
+
+    async fn load(
+        self: &Arc<Self>,
+        organization_id: Arc<str>,
+        stale: Option<Arc<CachedOrganization>>,
+    ) -> LoadOutcome {
+        let core = Arc::clone(self);
+        let key = Arc::clone(&organization_id);
+        let flight = self.loads.run(key, move || {
+            async move {
+                if let Some(current) = core.cache.get(&*organization_id) {
+                    let same = stale.is_some_and(|stale| Arc::ptr_eq(&stale, &current));
+                    if !same && core.clock.now() < current.fresh_until {
+                        return Ok(current);
+                    }
+                }
+                let invalidations_seen = core.invalidations.load(Ordering::SeqCst);
+                let subscriptions = core
+                    .with_timeout(core.store.subscriptions(&organization_id))
+                    .await?;
+                let now = core.clock.now();
+                let ttl = if subscriptions.iter().any(|s| may_entitle(s, now)) {
+                    core.config.positive_ttl
+                } else {
+                    core.config.negative_ttl
+                };
+                let stale_window = match core.config.on_store_error {
+                    OnStoreError::ServeStale(window) => window,
+                    _ => Duration::ZERO,
+                };
+                let loaded = Arc::new(CachedOrganization {
+                    subscriptions: Arc::new(OrganizationSubscriptions {
+                        organization_id: Arc::clone(&organization_id),
+                        subscriptions,
+                    }),
+                    fresh_until: now + ttl,
+                    stale_until: now + ttl + stale_window,
+                });
+                core.cache
+                    .insert(Arc::clone(&organization_id), Arc::clone(&loaded));
+                if core.invalidations.load(Ordering::SeqCst) != invalidations_seen {
+                    core.cache.invalidate(&*organization_id);
+                }
+                Ok(loaded)
+            }
+            .boxed()
+        });
+        flight.await
+    }
+}
+
+/// Whether a subscription could entitle under some policy right now: such
+/// organizations are cached for the positive TTL, others for the negative.
+fn may_entitle(subscription: &Subscription, now: SystemTime) -> bool {
+    match subscription.status {
+        SubscriptionStatus::Active
+        | SubscriptionStatus::Trialing
+        | SubscriptionStatus::PastDue
+        | SubscriptionStatus::Canceled => {
+            subscription.current_period_end.is_none_or(|end| end > now)
+        }
+        _ => false,
+    }
+}
+
+/// Subscription lookups behind a moka cache, shared by every subscription
+/// layer built from it and by the billing webhook.
+///
+/// Keyed by organization: concurrent lookups of one cold organization are
+/// coalesced into one store read; organizations that may be entitled are
+/// cached for the positive TTL (60 s), others for the shorter negative TTL
+/// (10 s); [`invalidate`](Self::invalidate) (or [`apply`](Self::apply),
+/// from a billing webhook) makes the very next request see a change. The
+/// decision itself is made per request from the cached subscriptions, on
+/// the clock, so a cached "entitled" never outlives the subscription's
+/// `current_period_end`.
+#[derive(Clone)]
+pub struct Entitlements {
+    pub(crate) core: Arc<EntitlementsCore>,
+}
+
+impl fmt::Debug for Entitlements {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entitlements")
+            .field("config", &self.core.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entitlements {
+    /// Entitlements over `store` with the default settings.
+    pub fn new(store: impl SubscriptionStore) -> Self {
+        Self::builder(store)
+            .build()
+            .expect("the default entitlement settings are valid")
+    }
+
+    /// A builder over `store`, to change the settings.
+    pub fn builder(store: impl SubscriptionStore) -> EntitlementsBuilder {
+        EntitlementsBuilder {
+            store: Arc::new(store),
+            config: EntitlementsConfig {
+                positive_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(10),
+                cache_capacity: 100_000,
+                store_timeout: Duration::from_secs(2),
+                on_store_error: OnStoreError::FailClosed,
+            },
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Forgets what this process cached about `organization_id`: the next
+    /// request reads the store.
+    pub fn invalidate(&self, organization_id: &str) {
+        let core = &self.core;
+        core.invalidations.fetch_add(1, Ordering::SeqCst);
+        core.loads.forget(&Arc::from(organization_id));
+        core.cache.invalidate(organization_id);
+    }
+
+    /// Stores a subscription change (upsert keyed by organization and
+    /// subscription id) and invalidates the organization, in one call: the
+    /// next request sees the change.
+    pub async fn apply(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        let core = &self.core;
+        let stored = core.with_timeout(core.store.upsert(subscription)).await;
+        self.invalidate(&subscription.organization_id);
+        stored
+    }
+
+    /// Decides for `organization_id` under `policy`, through the cache.
+    pub async fn entitlement(
+        &self,
+        organization_id: &str,
+        policy: &EntitlementPolicy,
+    ) -> Result<Entitlement, StoreError> {
+        let core = &self.core;
+        let key: Arc<str> = Arc::from(organization_id);
+        let cached = core.cache.get(organization_id);
+        let now = core.clock.now();
+        let subscriptions = match cached {
+            Some(cached) if now < cached.fresh_until => Arc::clone(&cached.subscriptions),
+            stale => Arc::clone(&core.load(key, stale).await?.subscriptions),
+        };
+        Ok(policy.decide_shared(subscriptions, core.clock.now()))
+    }
+
+    pub(crate) fn fail_closed(
+        policy: &EntitlementPolicy,
+        organization_id: Arc<str>,
+    ) -> Entitlement {
+        policy.without_answer(organization_id, false, EntitlementReason::StoreUnavailable)
+    }
+
+    pub(crate) fn fail_open(policy: &EntitlementPolicy, organization_id: Arc<str>) -> Entitlement {
+        policy.without_answer(organization_id, true, EntitlementReason::FailOpen)
+    }
+}
+
+/// Builds [`Entitlements`]; the settings are checked by [`build`](Self::build).
+///
+/// | setting | default |
+/// |---|---|
+/// | [`positive_ttl`](Self::positive_ttl) | 60 s |
+/// | [`negative_ttl`](Self::negative_ttl) | 10 s |
+/// | [`cache_capacity`](Self::cache_capacity) | 100 000 organizations |
+/// | [`store_timeout`](Self::store_timeout) | 2 s |
+/// | [`on_store_error`](Self::on_store_error) | [`OnStoreError::FailClosed`] |
+/// | [`clock`](Self::clock) | [`SystemClock`] |
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct EntitlementsBuilder {
+    store: Arc<dyn SubscriptionStore>,
+    config: EntitlementsConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for EntitlementsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntitlementsBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EntitlementsBuilder {
+    /// How long an organization that may be entitled stays cached.
+    pub fn positive_ttl(mut self, ttl: Duration) -> Self {
+        self.config.positive_ttl = ttl;
+        self
+    }
+
+    /// How long an organization that cannot be entitled stays cached
+    /// (shorter, so a missed upgrade is seen soon).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.config.negative_ttl = ttl;
+        self
+    }
+
+    /// How many organizations the cache holds at most.
+    pub fn cache_capacity(mut self, capacity: u64) -> Self {
+        self.config.cache_capacity = capacity;
+        self
+    }
+
+    /// How long a store call may take before it counts as failed.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.config.store_timeout = timeout;
+        self
+    }
+
+    /// What to do when the store fails.
+    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+        self.config.on_store_error = policy;
+        self
+    }
+
+    /// The clock decisions and cache freshness read.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Checks the settings and builds.
+    pub fn build(self) -> Result<Entitlements, ConfigError> {
+        let config = &self.config;
+        if config.positive_ttl.is_zero() || config.negative_ttl.is_zero() {
+            return Err(ConfigError::ZeroCacheTtl);
+        }
+        if config.cache_capacity == 0 {
+            return Err(ConfigError::ZeroCacheCapacity);
+        }
+        if config.store_timeout.is_zero() {
+            return Err(ConfigError::ZeroStoreTimeout);
+        }
+        let stale_window = match config.on_store_error {
+            OnStoreError::ServeStale(window) => window,
+            _ => Duration::ZERO,
+        };
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            // Housekeeping in real time; freshness is judged on the clock.
+            .time_to_live(config.positive_ttl.max(config.negative_ttl) + stale_window)
+            .build();
+        Ok(Entitlements {
+            core: Arc::new(EntitlementsCore {
+                store: self.store,
+                cache,
+                loads: SingleFlight::new(),
+                config: self.config,
+                clock: self.clock,
+                invalidations: AtomicU64::new(0),
+            }),
+        })
+    }
+}

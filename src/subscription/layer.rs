@@ -1,0 +1,238 @@
+//! `RequireSubscriptionLayer` (rejects) and `EntitlementLayer` (attaches).
+
+use std::any::type_name;
+use std::fmt;
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::entitlements::Entitlements;
+use super::policy::EntitlementPolicy;
+use super::resolver::{FromSession, OrganizationResolver};
+use super::service::SubscriptionGate;
+use crate::rejection::{DefaultResponder, RejectionResponder};
+use crate::request::RequestHead;
+
+/// Decides which requests a [`RequireSubscriptionLayer`] gates (rejects
+/// when not entitled); the others only get the [`Entitlement`](super::Entitlement).
+///
+/// Implemented by [`GateAll`] (the default) and any
+/// `Fn(&RequestHead<'_>) -> bool` closure, for example "not GET or DELETE".
+pub trait GatePredicate: Send + Sync + 'static {
+    /// Whether `head` is gated.
+    fn is_gated(&self, head: &RequestHead<'_>) -> bool;
+}
+
+impl<F> GatePredicate for F
+where
+    F: Fn(&RequestHead<'_>) -> bool + Send + Sync + 'static,
+{
+    fn is_gated(&self, head: &RequestHead<'_>) -> bool {
+        self(head)
+    }
+}
+
+/// Every request is gated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GateAll;
+
+impl GatePredicate for GateAll {
+    fn is_gated(&self, _: &RequestHead<'_>) -> bool {
+        true
+    }
+}
+
+/// Nothing is gated: the non-rejecting layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GateNone;
+
+impl GatePredicate for GateNone {
+    fn is_gated(&self, _: &RequestHead<'_>) -> bool {
+        false
+    }
+}
+
+pub(crate) struct GateState {
+    pub(crate) entitlements: Entitlements,
+    pub(crate) policy: EntitlementPolicy,
+    pub(crate) gate: Arc<dyn GatePredicate>,
+    gate_name: &'static str,
+    pub(crate) resolver: Arc<dyn OrganizationResolver>,
+    resolver_name: &'static str,
+    pub(crate) responder: Arc<dyn RejectionResponder>,
+    responder_name: &'static str,
+}
+
+impl GateState {
+    fn new(
+        entitlements: Entitlements,
+        policy: EntitlementPolicy,
+        gate: impl GatePredicate,
+    ) -> Self {
+        Self {
+            entitlements,
+            policy,
+            gate_name: type_name_of(&gate),
+            gate: Arc::new(gate),
+            resolver: Arc::new(FromSession),
+            resolver_name: type_name::<FromSession>(),
+            responder: Arc::new(DefaultResponder::new()),
+            responder_name: type_name::<DefaultResponder>(),
+        }
+    }
+
+    fn rebuilt(&self) -> Self {
+        Self {
+            entitlements: self.entitlements.clone(),
+            policy: self.policy.clone(),
+            gate: Arc::clone(&self.gate),
+            gate_name: self.gate_name,
+            resolver: Arc::clone(&self.resolver),
+            resolver_name: self.resolver_name,
+            responder: Arc::clone(&self.responder),
+            responder_name: self.responder_name,
+        }
+    }
+
+    fn with_gate(&self, gate: impl GatePredicate) -> Self {
+        let mut state = self.rebuilt();
+        state.gate_name = type_name_of(&gate);
+        state.gate = Arc::new(gate);
+        state
+    }
+
+    fn with_resolver(&self, resolver: impl OrganizationResolver) -> Self {
+        let mut state = self.rebuilt();
+        state.resolver_name = type_name_of(&resolver);
+        state.resolver = Arc::new(resolver);
+        state
+    }
+
+    fn with_responder(&self, responder: impl RejectionResponder) -> Self {
+        let mut state = self.rebuilt();
+        state.responder_name = type_name_of(&responder);
+        state.responder = Arc::new(responder);
+        state
+    }
+}
+
+impl fmt::Debug for GateState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionLayer")
+            .field("policy", &self.policy)
+            .field("gate", &self.gate_name)
+            .field("organization", &self.resolver_name)
+            .field("responder", &self.responder_name)
+            .finish()
+    }
+}
+
+fn type_name_of<T>(_: &T) -> &'static str {
+    type_name::<T>()
+}
+
+/// Lets a request through only when its organization is entitled; others
+/// get `subscription_required` (403, or gRPC PERMISSION_DENIED).
+///
+/// Requests the [`gate_when`](Self::gate_when) predicate does not gate pass
+/// whatever the decision. Every request that passes carries the
+/// [`Entitlement`](super::Entitlement).
+#[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
+pub struct RequireSubscriptionLayer {
+    state: Arc<GateState>,
+}
+
+impl RequireSubscriptionLayer {
+    /// Gates every request on `policy`, looked up through `entitlements`;
+    /// the organization comes from the [`Session`](crate::session::Session).
+    pub fn new(entitlements: Entitlements, policy: EntitlementPolicy) -> Self {
+        Self {
+            state: Arc::new(GateState::new(entitlements, policy, GateAll)),
+        }
+    }
+
+    /// Gates only the requests `predicate` selects (for example writes).
+    pub fn gate_when(self, predicate: impl GatePredicate) -> Self {
+        Self {
+            state: Arc::new(self.state.with_gate(predicate)),
+        }
+    }
+
+    /// Where the organization comes from (default: [`FromSession`]).
+    pub fn organization(self, resolver: impl OrganizationResolver) -> Self {
+        Self {
+            state: Arc::new(self.state.with_resolver(resolver)),
+        }
+    }
+
+    /// Replaces the builder of rejection responses.
+    pub fn responder(self, responder: impl RejectionResponder) -> Self {
+        Self {
+            state: Arc::new(self.state.with_responder(responder)),
+        }
+    }
+}
+
+impl fmt::Debug for RequireSubscriptionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.state.fmt(f)
+    }
+}
+
+impl<S> Layer<S> for RequireSubscriptionLayer {
+    type Service = SubscriptionGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SubscriptionGate::new(inner, Arc::clone(&self.state))
+    }
+}
+
+/// Attaches the [`Entitlement`](super::Entitlement) to every request and
+/// never rejects for lack of one: for handlers that degrade softly.
+///
+/// A request with no organization is still `organization_missing`; when the
+/// store fails (fail closed), the decision is "not entitled" with reason
+/// `store_unavailable` rather than a 503.
+#[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
+pub struct EntitlementLayer {
+    state: Arc<GateState>,
+}
+
+impl EntitlementLayer {
+    /// Attaches decisions under `policy`, looked up through `entitlements`.
+    pub fn new(entitlements: Entitlements, policy: EntitlementPolicy) -> Self {
+        Self {
+            state: Arc::new(GateState::new(entitlements, policy, GateNone)),
+        }
+    }
+
+    /// Where the organization comes from (default: [`FromSession`]).
+    pub fn organization(self, resolver: impl OrganizationResolver) -> Self {
+        Self {
+            state: Arc::new(self.state.with_resolver(resolver)),
+        }
+    }
+
+    /// Replaces the builder of rejection responses (`organization_missing`).
+    pub fn responder(self, responder: impl RejectionResponder) -> Self {
+        Self {
+            state: Arc::new(self.state.with_responder(responder)),
+        }
+    }
+}
+
+impl fmt::Debug for EntitlementLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.state.fmt(f)
+    }
+}
+
+impl<S> Layer<S> for EntitlementLayer {
+    type Service = SubscriptionGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SubscriptionGate::new(inner, Arc::clone(&self.state))
+    }
+}

@@ -1,0 +1,85 @@
+//! Which organization a request acts for.
+
+use std::borrow::Cow;
+
+use http::HeaderName;
+
+use crate::request::RequestHead;
+use crate::session::Session;
+
+/// Finds the organization a request acts for; `None` is answered with
+/// `organization_missing`.
+///
+/// Implemented by [`FromSession`] (the default: the `Session` that
+/// `SessionRefreshLayer`, placed outside, validated), [`FromHeader`],
+/// [`FromExtension`] (an [`OrganizationId`] your own auth middleware put
+/// there), and any `Fn(&RequestHead<'_>) -> Option<String>` closure.
+pub trait OrganizationResolver: Send + Sync + 'static {
+    /// The organization of the request, if it can be told.
+    fn organization<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, str>>;
+}
+
+impl<F> OrganizationResolver for F
+where
+    F: Fn(&RequestHead<'_>) -> Option<String> + Send + Sync + 'static,
+{
+    fn organization<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, str>> {
+        self(head).map(Cow::Owned)
+    }
+}
+
+/// The organization of the request's [`Session`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FromSession;
+
+impl OrganizationResolver for FromSession {
+    fn organization<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, str>> {
+        head.extensions()
+            .get::<Session>()
+            .and_then(Session::organization_id)
+            .map(Cow::Borrowed)
+    }
+}
+
+/// The organization named by a request header (for example
+/// `x-organization-id` set by a trusted gateway). Empty or non-UTF-8 values
+/// count as missing.
+#[derive(Debug, Clone)]
+pub struct FromHeader {
+    name: HeaderName,
+}
+
+impl FromHeader {
+    /// Reads the header `name`.
+    pub fn new(name: HeaderName) -> Self {
+        Self { name }
+    }
+}
+
+impl OrganizationResolver for FromHeader {
+    fn organization<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, str>> {
+        head.headers()
+            .get(&self.name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+            .map(Cow::Borrowed)
+    }
+}
+
+/// The organization your own authentication put into the request
+/// extensions; read by [`FromExtension`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrganizationId(pub String);
+
+/// The [`OrganizationId`] in the request extensions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FromExtension;
+
+impl OrganizationResolver for FromExtension {
+    fn organization<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, str>> {
+        head.extensions()
+            .get::<OrganizationId>()
+            .map(|id| Cow::Borrowed(id.0.as_str()))
+    }
+}
