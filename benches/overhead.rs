@@ -15,6 +15,10 @@ use http::header::COOKIE;
 use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
+use tower_saas_guard::subscription::{
+    EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
+    Subscription, SubscriptionStatus,
+};
 
 /// Polls a future that is ready on its first poll (every variant here is).
 fn ready_now<F: Future>(future: F) -> F::Output {
@@ -25,9 +29,14 @@ fn ready_now<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// The same request for every variant: a session token and an
+/// organization header (the subscription layer alone reads the latter).
 fn request(token: &HeaderValue) -> Request<()> {
     let mut request = Request::new(());
     request.headers_mut().insert("x-session-id", token.clone());
+    request
+        .headers_mut()
+        .insert("x-organization-id", HeaderValue::from_static("org_1"));
     request
 }
 
@@ -50,12 +59,34 @@ fn overhead(c: &mut Criterion) {
         .expect("create session");
     let token = HeaderValue::from_str(&created.token.to_string()).expect("token is a header");
 
+    let entitlements = Entitlements::new(MemorySubscriptionStore::new());
+    runtime
+        .block_on(entitlements.apply(&Subscription {
+            organization_id: "org_1".into(),
+            subscription_id: "sub_1".into(),
+            status: SubscriptionStatus::Active,
+            plan: "pro".into(),
+            current_period_end: None,
+            trial_end: None,
+        }))
+        .expect("store subscription");
+    let gate_by_header =
+        RequireSubscriptionLayer::new(entitlements.clone(), EntitlementPolicy::new()).organization(
+            FromHeader::new(http::HeaderName::from_static("x-organization-id")),
+        );
+    let gate_by_session = RequireSubscriptionLayer::new(entitlements, EntitlementPolicy::new());
+
     let mut bare = inner;
     let mut sessions = layer.layer(inner);
     let mut validate_only = layer.clone().validate_only().layer(inner);
+    let mut subscription = gate_by_header.layer(inner);
+    let mut both = layer.layer(gate_by_session.layer(inner));
     // Warm: the first call through each layer may load; later ones hit.
+    let _entered = runtime.enter();
     assert_eq!(call(&mut sessions, &token).status(), 200);
     assert_eq!(call(&mut validate_only, &token).status(), 200);
+    assert_eq!(call(&mut subscription, &token).status(), 200);
+    assert_eq!(call(&mut both, &token).status(), 200);
 
     let mut group = c.benchmark_group("overhead");
     group.bench_function("bare", |b| b.iter(|| black_box(call(&mut bare, &token))));
@@ -65,6 +96,13 @@ fn overhead(c: &mut Criterion) {
     group.bench_function("session_validate_only_cache_hit", |b| {
         b.iter(|| black_box(call(&mut validate_only, &token)))
     });
+    group.bench_function("require_subscription_cache_hit", |b| {
+        b.iter(|| black_box(call(&mut subscription, &token)))
+    });
+    group.bench_function("session_and_subscription_cache_hit", |b| {
+        b.iter(|| black_box(call(&mut both, &token)))
+    });
+    drop(_entered);
     tower_sessions_baseline(&mut group, &runtime);
     // Ours, driven the same way as tower-sessions, for a like-for-like ratio.
     let session_header = http::HeaderName::from_static("x-session-id");

@@ -30,16 +30,6 @@ pub enum OnStoreError {
     FailOpen,
 }
 
-/// A cached load of one organization's subscriptions.
-#[derive(Debug)]
-pub(crate) struct CachedOrganization {
-    pub(crate) subscriptions: Arc<OrganizationSubscriptions>,
-    /// Re-read from the store from this instant on (on the clock).
-    pub(crate) fresh_until: SystemTime,
-    /// Usable after a failed re-read until this instant (serve-stale).
-    stale_until: SystemTime,
-}
-
 #[derive(Debug, Clone)]
 struct EntitlementsConfig {
     positive_ttl: Duration,
@@ -49,11 +39,12 @@ struct EntitlementsConfig {
     on_store_error: OnStoreError,
 }
 
-type LoadOutcome = Result<Arc<CachedOrganization>, StoreError>;
+type LoadOutcome = Result<Arc<OrganizationSubscriptions>, StoreError>;
 
 pub(crate) struct EntitlementsCore {
     store: Arc<dyn SubscriptionStore>,
-    pub(crate) cache: moka::sync::Cache<Arc<str>, Arc<CachedOrganization>>,
+    pub(crate) cache:
+        moka::sync::Cache<Arc<str>, Arc<OrganizationSubscriptions>, foldhash::fast::RandomState>,
     loads: SingleFlight<Arc<str>, LoadOutcome>,
     config: EntitlementsConfig,
     pub(crate) clock: Arc<dyn Clock>,
@@ -88,18 +79,16 @@ impl EntitlementsCore {
     pub(crate) async fn lookup(
         self: Arc<Self>,
         organization_id: Arc<str>,
-        cached: Option<Arc<CachedOrganization>>,
+        cached: Option<Arc<OrganizationSubscriptions>>,
     ) -> Result<Arc<OrganizationSubscriptions>, LookupFailure> {
         match self.load(organization_id, cached.clone()).await {
-            Ok(loaded) => Ok(Arc::clone(&loaded.subscriptions)),
+            Ok(loaded) => Ok(loaded),
             Err(error) => {
                 tracing::warn!(%error, "subscription store unavailable");
                 match self.config.on_store_error {
                     OnStoreError::FailOpen => Err(LookupFailure::Open),
                     OnStoreError::ServeStale(_) => match cached {
-                        Some(cached) if self.clock.now() < cached.stale_until => {
-                            Ok(Arc::clone(&cached.subscriptions))
-                        }
+                        Some(cached) if self.clock.now() < cached.stale_until => Ok(cached),
                         _ => Err(LookupFailure::Closed),
                     },
                     OnStoreError::FailClosed => Err(LookupFailure::Closed),
@@ -111,7 +100,7 @@ impl EntitlementsCore {
     async fn load(
         self: &Arc<Self>,
         organization_id: Arc<str>,
-        stale: Option<Arc<CachedOrganization>>,
+        stale: Option<Arc<OrganizationSubscriptions>>,
     ) -> LoadOutcome {
         let core = Arc::clone(self);
         let key = Arc::clone(&organization_id);
@@ -137,11 +126,9 @@ impl EntitlementsCore {
                     OnStoreError::ServeStale(window) => window,
                     _ => Duration::ZERO,
                 };
-                let loaded = Arc::new(CachedOrganization {
-                    subscriptions: Arc::new(OrganizationSubscriptions {
-                        organization_id: Arc::clone(&organization_id),
-                        subscriptions,
-                    }),
+                let loaded = Arc::new(OrganizationSubscriptions {
+                    organization_id: Arc::clone(&organization_id),
+                    subscriptions,
                     fresh_until: now + ttl,
                     stale_until: now + ttl + stale_window,
                 });
@@ -249,8 +236,8 @@ impl Entitlements {
         let cached = core.cache.get(organization_id);
         let now = core.clock.now();
         let subscriptions = match cached {
-            Some(cached) if now < cached.fresh_until => Arc::clone(&cached.subscriptions),
-            stale => Arc::clone(&core.load(key, stale).await?.subscriptions),
+            Some(cached) if now < cached.fresh_until => cached,
+            stale => core.load(key, stale).await?,
         };
         Ok(policy.decide_shared(subscriptions, core.clock.now()))
     }
@@ -350,7 +337,8 @@ impl EntitlementsBuilder {
             .max_capacity(config.cache_capacity)
             // Housekeeping in real time; freshness is judged on the clock.
             .time_to_live(config.positive_ttl.max(config.negative_ttl) + stale_window)
-            .build();
+            // Organization ids come from clients: a seeded hasher.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Ok(Entitlements {
             core: Arc::new(EntitlementsCore {
                 store: self.store,

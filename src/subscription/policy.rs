@@ -8,11 +8,27 @@ use std::time::{Duration, SystemTime};
 
 use super::model::{Subscription, SubscriptionStatus};
 
-/// The subscriptions of one organization, as loaded together.
+/// The subscriptions of one organization, as loaded (and cached) together.
 #[derive(Debug)]
 pub(crate) struct OrganizationSubscriptions {
     pub(crate) organization_id: Arc<str>,
     pub(crate) subscriptions: Vec<Subscription>,
+    /// Re-read from the store from this instant on (on the clock).
+    pub(crate) fresh_until: SystemTime,
+    /// Usable after a failed re-read until this instant (serve-stale).
+    pub(crate) stale_until: SystemTime,
+}
+
+impl OrganizationSubscriptions {
+    /// Subscriptions that were not loaded through the cache.
+    pub(crate) fn uncached(organization_id: Arc<str>, subscriptions: Vec<Subscription>) -> Self {
+        Self {
+            organization_id,
+            subscriptions,
+            fresh_until: SystemTime::UNIX_EPOCH,
+            stale_until: SystemTime::UNIX_EPOCH,
+        }
+    }
 }
 
 /// Why an [`Entitlement`] came out the way it did.
@@ -266,10 +282,10 @@ impl EntitlementPolicy {
         now: SystemTime,
     ) -> Entitlement {
         self.decide_shared(
-            Arc::new(OrganizationSubscriptions {
-                organization_id: Arc::from(organization_id),
+            Arc::new(OrganizationSubscriptions::uncached(
+                Arc::from(organization_id),
                 subscriptions,
-            }),
+            )),
             now,
         )
     }
@@ -360,10 +376,10 @@ impl EntitlementPolicy {
             reason,
             deciding: None,
             valid_until: None,
-            organization: Arc::new(OrganizationSubscriptions {
+            organization: Arc::new(OrganizationSubscriptions::uncached(
                 organization_id,
-                subscriptions: Vec::new(),
-            }),
+                Vec::new(),
+            )),
             policy: self.clone(),
         }
     }

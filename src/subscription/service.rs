@@ -88,9 +88,7 @@ where
         let cached = match cached {
             Some(cached) if now < cached.fresh_until => {
                 // Cache hit: decide now, no allocation, no box.
-                let entitlement = state
-                    .policy
-                    .decide_shared(Arc::clone(&cached.subscriptions), now);
+                let entitlement = state.policy.decide_shared(cached, now);
                 return match admit(entitlement, gated) {
                     Ok(entitlement) => {
                         request.extensions_mut().insert(entitlement);
