@@ -211,6 +211,10 @@ fn parts(c: &mut Criterion) {
     group.bench_function("system_time_now", |b| {
         b.iter(|| black_box(std::time::SystemTime::now()))
     });
+    let coarse = tower_saas_guard::CoarseClock::new();
+    group.bench_function("coarse_clock_now", |b| {
+        b.iter(|| black_box(tower_saas_guard::Clock::now(&coarse)))
+    });
     group.bench_function("moka_sync_get_hit", |b| {
         b.iter(|| black_box(cache.get(black_box(&token))))
     });

@@ -8,6 +8,9 @@
 //!   lets a request through only when its organization holds an entitling
 //!   subscription; [`EntitlementLayer`](subscription::EntitlementLayer)
 //!   only attaches the decision, for handlers that degrade softly.
+//! * [`BillingWebhook`](billing::BillingWebhook) verifies Stripe-style
+//!   signed webhooks and applies subscription changes to the store and the
+//!   cache in one call.
 //!
 //! It works with any `tower` stack over `http` requests: axum, plain hyper,
 //! and tonic (rejections of gRPC calls are gRPC trailers-only responses).
@@ -63,7 +66,7 @@ pub mod subscription;
 mod axum;
 
 pub use crate::body::GuardBody;
-pub use crate::clock::{rfc3339_millis, unix_millis, Clock, ManualClock, SystemClock};
+pub use crate::clock::{rfc3339_millis, unix_millis, Clock, CoarseClock, ManualClock, SystemClock};
 pub use crate::error::{ConfigError, StoreError, StoreErrorKind};
 pub use crate::rejection::{problem_json, ErrorCode, Rejection, RejectionResponder};
 pub use crate::request::RequestHead;

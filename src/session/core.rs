@@ -468,6 +468,8 @@ impl SessionHandle {
         let core = &self.core;
         let existed = core.with_timeout(core.store.delete(&token.id())).await;
         core.revocations.fetch_add(1, Ordering::SeqCst);
+        core.loads.forget(token);
+        core.renewals.forget(token);
         core.cache.invalidate(token);
         existed
     }

@@ -12,7 +12,7 @@ use super::core::{SessionConfig, SessionCore, SessionHandle};
 use super::service::SessionRefresh;
 use super::source::{HeaderSource, TokenSource};
 use super::store::SessionStore;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, CoarseClock};
 use crate::error::ConfigError;
 use crate::rejection::{DefaultResponder, RejectionResponder};
 
@@ -30,7 +30,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// | [`cache_ttl`](Self::cache_ttl) | 30 s |
 /// | [`expired_retention`](Self::expired_retention) | 24 h |
 /// | [`store_timeout`](Self::store_timeout) | 2 s |
-/// | [`clock`](Self::clock) | [`SystemClock`] |
+/// | [`clock`](Self::clock) | [`CoarseClock`] |
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct SessionRefreshBuilder {
     store: Arc<dyn SessionStore>,
@@ -221,7 +221,7 @@ impl SessionRefreshLayer {
                 expired_retention: 24 * HOUR,
                 store_timeout: Duration::from_secs(2),
             },
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CoarseClock::new()),
         }
     }
 

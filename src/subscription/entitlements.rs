@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 use super::model::{Subscription, SubscriptionStatus};
 use super::policy::{Entitlement, EntitlementPolicy, EntitlementReason, OrganizationSubscriptions};
 use super::store::SubscriptionStore;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, CoarseClock};
 use crate::error::{ConfigError, StoreError};
 use crate::single_flight::SingleFlight;
 
@@ -202,7 +202,7 @@ impl Entitlements {
                 store_timeout: Duration::from_secs(2),
                 on_store_error: OnStoreError::FailClosed,
             },
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CoarseClock::new()),
         }
     }
 
@@ -263,7 +263,7 @@ impl Entitlements {
 /// | [`cache_capacity`](Self::cache_capacity) | 100 000 organizations |
 /// | [`store_timeout`](Self::store_timeout) | 2 s |
 /// | [`on_store_error`](Self::on_store_error) | [`OnStoreError::FailClosed`] |
-/// | [`clock`](Self::clock) | [`SystemClock`] |
+/// | [`clock`](Self::clock) | [`CoarseClock`] |
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct EntitlementsBuilder {
     store: Arc<dyn SubscriptionStore>,
