@@ -141,3 +141,18 @@ impl StdError for StoreError {
             .map(|source| source as &(dyn StdError + 'static))
     }
 }
+
+/// Runs a store `operation`, cut off after `timeout` as
+/// [`StoreErrorKind::Timeout`]. Without a Tokio runtime to time it with (a
+/// non-Tokio executor), it runs without the cut-off rather than panic.
+pub(crate) async fn with_timeout<T>(
+    timeout: Duration,
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return operation.await;
+    }
+    tokio::time::timeout(timeout, operation)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::timeout()))
+}

@@ -56,6 +56,7 @@ pub mod billing;
 mod body;
 mod clock;
 mod error;
+mod future;
 pub mod rejection;
 mod request;
 pub mod session;

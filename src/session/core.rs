@@ -261,15 +261,7 @@ impl SessionCore {
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            // No Tokio timer to time the call with (a non-Tokio executor):
-            // run it without the cut-off rather than panic.
-            return operation.await;
-        }
-        match tokio::time::timeout(self.config.store_timeout, operation).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::timeout()),
-        }
+        crate::error::with_timeout(self.config.store_timeout, operation).await
     }
 
     /// Caches `data` unless a revocation happened since `revocations_seen`.

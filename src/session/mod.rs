@@ -76,7 +76,6 @@
 
 mod activity;
 mod core;
-mod future;
 mod layer;
 mod service;
 mod source;
@@ -85,7 +84,11 @@ mod token;
 
 pub use self::activity::{ActivityRule, EveryRequest, ValidateOnly};
 pub use self::core::{CreatedSession, Session, SessionHandle};
-pub use self::future::{ResponseFuture, SESSION_EXPIRES_AT};
+pub use crate::future::ResponseFuture;
+
+/// The response header that carries a session's expiry (RFC 3339 UTC, ms).
+pub const SESSION_EXPIRES_AT: http::HeaderName =
+    http::HeaderName::from_static("x-session-expires-at");
 pub use self::layer::{SessionRefreshBuilder, SessionRefreshLayer};
 pub use self::service::SessionRefresh;
 pub use self::source::{

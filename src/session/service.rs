@@ -3,14 +3,15 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use tower_service::Service;
 
 use super::core::{Session, Verdict};
-use super::future::ResponseFuture;
 use super::layer::LayerState;
 use super::source::TokenError;
+use crate::future::{Admitted, Decoration, ResponseFuture};
 use crate::rejection::{ErrorCode, Rejection};
 use crate::request::RequestHead;
 
@@ -84,16 +85,37 @@ where
         let cached = match cached {
             Some(data) if core.classify(&data, core.clock.now(), activity) == Verdict::Valid => {
                 // Cache hit with nothing to write: no allocation, no box.
-                let expires_header = data.expires_header.clone();
+                let decoration = Decoration {
+                    expires_header: Some(data.expires_header.clone()),
+                    renewal_header: None,
+                };
                 request.extensions_mut().insert(Session::new(data, false));
-                return ResponseFuture::calling(self.inner.call(request), expires_header);
+                return ResponseFuture::calling(self.inner.call(request), decoration);
             }
             other => other,
         };
-        let resolving = Box::pin(Arc::clone(core).resolve(token, cached, activity));
+        let resolution = Arc::clone(core).resolve(token, cached, activity);
+        let layer = Arc::clone(state);
+        let decision = Box::pin(async move {
+            let (data, renewed) = resolution.await?;
+            let renewal_header = if renewed {
+                let left = data
+                    .expires_at
+                    .duration_since(layer.core.clock.now())
+                    .unwrap_or(Duration::ZERO);
+                layer.source.on_renewal(&token, left).map(Box::new)
+            } else {
+                None
+            };
+            let decoration = Decoration {
+                expires_header: Some(data.expires_header.clone()),
+                renewal_header,
+            };
+            Ok((Admitted::Session(Session::new(data, renewed)), decoration))
+        });
         // Move the service that was made ready into the future; keep a clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::resolving(resolving, request, inner, Arc::clone(state), token)
+        ResponseFuture::deciding(decision, request, inner, Arc::clone(&state.responder))
     }
 }

@@ -66,12 +66,7 @@ impl EntitlementsCore {
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return operation.await;
-        }
-        tokio::time::timeout(self.config.store_timeout, operation)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::timeout()))
+        crate::error::with_timeout(self.config.store_timeout, operation).await
     }
 
     /// The subscriptions to decide from: cached when fresh, else loaded

@@ -68,7 +68,6 @@
 //! ```
 
 mod entitlements;
-mod future;
 mod layer;
 mod model;
 mod policy;
@@ -77,7 +76,6 @@ mod service;
 mod store;
 
 pub use self::entitlements::{Entitlements, EntitlementsBuilder, OnStoreError};
-pub use self::future::ResponseFuture;
 pub use self::layer::{EntitlementLayer, GateAll, GatePredicate, RequireSubscriptionLayer};
 pub use self::model::{Subscription, SubscriptionStatus, UnknownStatus};
 pub use self::policy::{Entitlement, EntitlementPolicy, EntitlementReason};
@@ -86,3 +84,4 @@ pub use self::resolver::{
 };
 pub use self::service::SubscriptionGate;
 pub use self::store::{MemorySubscriptionStore, SubscriptionStore};
+pub use crate::future::ResponseFuture;

@@ -8,9 +8,9 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::entitlements::{Entitlements, LookupFailure};
-use super::future::ResponseFuture;
 use super::layer::GateState;
 use super::policy::Entitlement;
+use crate::future::{Admitted, Decoration, ResponseFuture};
 use crate::rejection::{ErrorCode, Rejection};
 use crate::request::RequestHead;
 
@@ -92,7 +92,7 @@ where
                 return match admit(entitlement, gated) {
                     Ok(entitlement) => {
                         request.extensions_mut().insert(entitlement);
-                        ResponseFuture::calling(self.inner.call(request))
+                        ResponseFuture::calling(self.inner.call(request), Decoration::default())
                     }
                     Err(rejection) => {
                         ResponseFuture::rejected(state.responder.respond(&rejection, &head))
@@ -114,11 +114,12 @@ where
                 }
                 Err(LookupFailure::Closed) => Entitlements::fail_closed(&policy, organization_id),
             };
-            admit(entitlement, gated)
+            let entitlement = admit(entitlement, gated)?;
+            Ok((Admitted::Entitlement(entitlement), Decoration::default()))
         });
         // Move the service that was made ready into the future; keep a clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::deciding(deciding, request, inner, Arc::clone(state))
+        ResponseFuture::deciding(deciding, request, inner, Arc::clone(&state.responder))
     }
 }
