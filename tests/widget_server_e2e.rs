@@ -1,5 +1,7 @@
 //! End-to-end tests of the reference server (`examples/widget_server.rs`),
-//! over real HTTP on 127.0.0.1.
+//! over real HTTP on 127.0.0.1: the visitor (widget) side, the operator
+//! (dashboard) side, and the signed billing webhook that moves an
+//! organization between the two worlds.
 //!
 //! Two ways in:
 //! * the built example binary, for what only a process shows: the
@@ -26,14 +28,20 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
+use tower_saas_guard::billing::WebhookVerifier;
 use tower_saas_guard::session::SessionToken;
-use tower_saas_guard::{unix_millis, ManualClock};
+use tower_saas_guard::{rfc3339_millis, unix_millis, Clock, ManualClock};
 
 use widget_server::{build_app, parse_args, Config, ParsedArgs, StoreUrl};
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// The webhook secret the in-process servers and the binary are given.
+const SECRET: &str = "whsec_e2e_test";
+const WITH_SECRET: [&str; 2] = ["--webhook-secret", SECRET];
 
 /// How long a spawned binary may take to start or to exit (the machine may
 /// be busy compiling).
@@ -107,13 +115,18 @@ impl Api {
         send(request).await
     }
 
-    /// Creates a contact session and returns its token.
+    /// Creates a contact session (of `org_1`) and returns its token.
     async fn start_session(&self) -> String {
+        self.start_session_in("org_1").await
+    }
+
+    /// Creates a contact session of `organization_id` and returns its token.
+    async fn start_session_in(&self, organization_id: &str) -> String {
         let reply = self
             .post_json(
                 "/contact-sessions",
                 None,
-                &visitor("Ada", "ada@example.com", "org_1"),
+                &visitor("Ada", "ada@example.com", organization_id),
             )
             .await;
         assert_eq!(reply.status, 201, "{reply:?}");
@@ -141,6 +154,157 @@ impl Api {
         )
         .await
     }
+
+    /// The conversation as its visitor sees it: (status, roles, contents).
+    async fn conversation(
+        &self,
+        token: &str,
+        conversation_id: &str,
+    ) -> (String, Vec<String>, Vec<String>) {
+        let reply = self
+            .get(
+                &format!("/conversations/{conversation_id}/messages"),
+                Some(token),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let messages = reply.body["messages"].as_array().expect("messages");
+        let field = |name: &str| -> Vec<String> {
+            messages
+                .iter()
+                .map(|message| message[name].as_str().expect("a string").to_owned())
+                .collect()
+        };
+        (
+            reply.body["status"].as_str().expect("status").to_owned(),
+            field("role"),
+            field("content"),
+        )
+    }
+
+    /// A request of an operator of `organization` (`None`: no header).
+    fn operator(&self, method: Method, path: &str, organization: Option<&str>) -> RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match organization {
+            Some(organization) => request.header("x-organization-id", organization),
+            None => request,
+        }
+    }
+
+    async fn operator_get(&self, path: &str, organization: &str) -> Reply {
+        send(self.operator(Method::GET, path, Some(organization))).await
+    }
+
+    async fn operator_json(
+        &self,
+        method: Method,
+        path: &str,
+        organization: &str,
+        body: &Value,
+    ) -> Reply {
+        send(self.operator(method, path, Some(organization)).json(body)).await
+    }
+
+    /// `GET /operator/subscription`, which must answer 200.
+    async fn subscription(&self, organization: &str) -> Value {
+        let reply = self
+            .operator_get("/operator/subscription", organization)
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body
+    }
+
+    async fn reply_as_operator(
+        &self,
+        organization: &str,
+        conversation_id: &str,
+        content: &str,
+    ) -> Reply {
+        self.operator_json(
+            Method::POST,
+            &format!("/operator/conversations/{conversation_id}/messages"),
+            organization,
+            &json!({ "content": content }),
+        )
+        .await
+    }
+
+    async fn enhance(&self, organization: &str, conversation_id: &str, draft: &str) -> Reply {
+        self.operator_json(
+            Method::POST,
+            &format!("/operator/conversations/{conversation_id}/enhance"),
+            organization,
+            &json!({ "draft": draft }),
+        )
+        .await
+    }
+
+    async fn upload_file(&self, organization: &str, name: &str, content: &str) -> Reply {
+        self.operator_json(
+            Method::POST,
+            "/operator/files",
+            organization,
+            &json!({ "name": name, "content": content }),
+        )
+        .await
+    }
+
+    /// The ids of the organization's files, oldest first.
+    async fn file_ids(&self, organization: &str) -> Vec<String> {
+        let reply = self.operator_get("/operator/files", organization).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        ids(&reply.body["files"], "file_id")
+    }
+
+    /// The ids of the organization's conversations, oldest first.
+    async fn conversation_ids(&self, organization: &str) -> Vec<String> {
+        let reply = self
+            .operator_get("/operator/conversations", organization)
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        ids(&reply.body["conversations"], "conversation_id")
+    }
+
+    async fn delete_file(&self, organization: &str, file_id: &str) -> Reply {
+        send(self.operator(
+            Method::DELETE,
+            &format!("/operator/files/{file_id}"),
+            Some(organization),
+        ))
+        .await
+    }
+
+    async fn put_greeting(&self, organization: &str, greeting: &str) -> Reply {
+        self.operator_json(
+            Method::PUT,
+            "/operator/widget-settings",
+            organization,
+            &json!({ "greeting": greeting }),
+        )
+        .await
+    }
+
+    /// `POST /billing/webhook` with `body` as is and `signature`, if any.
+    async fn post_webhook(&self, body: &str, signature: Option<&str>) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}/billing/webhook", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("webhook-signature", signature);
+        }
+        send(request).await
+    }
+}
+
+/// The `field` of every object in the JSON array `list`.
+fn ids(list: &Value, field: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("an array: {list}"))
+        .iter()
+        .map(|item| item[field].as_str().expect("an id").to_owned())
+        .collect()
 }
 
 async fn send(request: RequestBuilder) -> Reply {
@@ -167,6 +331,34 @@ async fn send(request: RequestBuilder) -> Reply {
 
 fn visitor(name: &str, email: &str, organization_id: &str) -> Value {
     json!({ "name": name, "email": email, "organization_id": organization_id })
+}
+
+/// A billing webhook body without period dates.
+fn event(organization_id: &str, subscription_id: &str, status: &str, plan: &str) -> Value {
+    json!({
+        "organization_id": organization_id,
+        "subscription_id": subscription_id,
+        "status": status,
+        "plan": plan,
+    })
+}
+
+/// A billing webhook body whose period ends at `period_end`.
+fn event_until(
+    organization_id: &str,
+    subscription_id: &str,
+    status: &str,
+    plan: &str,
+    period_end: SystemTime,
+) -> Value {
+    let mut event = event(organization_id, subscription_id, status, plan);
+    event["current_period_end"] = json!(rfc3339_millis(period_end));
+    event
+}
+
+/// The `webhook-signature` a sender holding `secret` sends for `body` at `at`.
+fn signature(secret: &str, body: &str, at: SystemTime) -> String {
+    WebhookVerifier::new(secret).sign(body.as_bytes(), at)
 }
 
 impl Reply {
@@ -255,6 +447,38 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Posts `event`, signed with the server's secret at the clock's now.
+    async fn webhook(&self, event: &Value) -> Reply {
+        let body = event.to_string();
+        let signed = signature(SECRET, &body, self.clock.now());
+        self.api.post_webhook(&body, Some(&signed)).await
+    }
+
+    /// Applies `event` and asserts the answer.
+    async fn apply(&self, event: &Value, entitled: bool) {
+        let reply = self.webhook(event).await;
+        assert_eq!(reply.status, 200, "{event}: {reply:?}");
+        assert_eq!(
+            reply.body,
+            json!({ "organization_id": event["organization_id"], "entitled": entitled }),
+            "{event}"
+        );
+    }
+
+    /// `organization` subscribes to `pro` (subscription `sub_pro`).
+    async fn upgrade(&self, organization: &str) {
+        self.apply(&event(organization, "sub_pro", "active", "pro"), true)
+            .await;
+    }
+
+    /// `organization` cancels `sub_pro`.
+    async fn cancel(&self, organization: &str) {
+        self.apply(&event(organization, "sub_pro", "canceled", "pro"), false)
+            .await;
+    }
+}
+
 fn parsed_config(args: &[&str]) -> Config {
     match parse_args(args.iter().map(|arg| (*arg).to_owned())) {
         Ok(ParsedArgs::Run(config)) => config,
@@ -293,6 +517,7 @@ fn no_flags_give_the_documented_defaults() {
     assert_eq!(config.absolute_lifetime, Some(30 * DAY));
     assert_eq!(config.store, StoreUrl::Memory);
     assert_eq!(config.session_store, None);
+    assert_eq!(config.webhook_secret, None);
 }
 
 #[test]
@@ -322,6 +547,23 @@ fn flags_are_accepted_as_separate_or_inline_values() {
 }
 
 #[test]
+fn webhook_secret_flag_is_kept_as_given_and_never_printed() {
+    for args in [
+        &["--webhook-secret", "whsec_Top Secret"][..],
+        &["--webhook-secret=whsec_Top Secret"][..],
+    ] {
+        let config = parsed_config(args);
+        let secret = config.webhook_secret.as_ref().expect("a secret");
+        assert_eq!(secret.expose(), "whsec_Top Secret", "{args:?}");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("Top Secret"), "{printed}");
+    }
+    // A secret that starts with `--` needs the inline form.
+    let config = parsed_config(&["--webhook-secret=--dashes"]);
+    assert_eq!(config.webhook_secret.unwrap().expose(), "--dashes");
+}
+
+#[test]
 fn help_flag_asks_for_usage_wherever_it_is() {
     for args in [
         vec!["--help"],
@@ -335,8 +577,14 @@ fn help_flag_asks_for_usage_wherever_it_is() {
 
 #[test]
 fn malformed_command_lines_are_errors_naming_the_problem() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["--verbose"], "--verbose"),
+        (&["--webhook-secret"], "--webhook-secret needs a value"),
+        (&["--webhook-secret="], "--webhook-secret must not be empty"),
+        (
+            &["--webhook-secret", "  "],
+            "--webhook-secret must not be empty",
+        ),
         (&["--addr"], "--addr needs a value"),
         (&["--addr", "--store", "memory"], "--addr needs a value"),
         (&["--addr", "localhost"], "--addr"),
@@ -524,7 +772,8 @@ async fn conversation_creation_ignores_its_body() {
 }
 
 #[tokio::test]
-async fn visitor_messages_are_saved_and_listed_oldest_first_without_an_ai_reply() {
+async fn free_organizations_visitor_messages_are_saved_oldest_first_and_escalate_without_an_ai_reply(
+) {
     let server = serve(&[]).await;
     let api = &server.api;
     let token = api.start_session().await;
@@ -539,7 +788,7 @@ async fn visitor_messages_are_saved_and_listed_oldest_first_without_an_ai_reply(
         let reply = api.send_message(&token, &id, content).await;
         assert_eq!(reply.status, 201, "{reply:?}");
         assert_eq!(reply.body["ai_replied"], false);
-        assert_eq!(reply.body["status"], "unresolved");
+        assert_eq!(reply.body["status"], "escalated");
         let message_id = reply.body["message_id"].as_str().expect("message_id");
         sent.push((message_id.to_owned(), content, step as u32 + 1));
     }
@@ -548,9 +797,9 @@ async fn visitor_messages_are_saved_and_listed_oldest_first_without_an_ai_reply(
         .get(&format!("/conversations/{id}/messages"), Some(&token))
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.body["status"], "unresolved");
+    assert_eq!(reply.body["status"], "escalated");
     let messages = reply.body["messages"].as_array().expect("messages array");
-    assert_eq!(messages.len(), 4, "greeting + 3: {messages:?}");
+    assert_eq!(messages.len(), 4, "greeting + 3, no AI reply: {messages:?}");
     assert_eq!(messages[0]["role"], "assistant");
     assert_eq!(timestamp(&messages[0], "created_at"), epoch());
     for (message, (message_id, content, seconds)) in messages[1..].iter().zip(&sent) {
@@ -857,7 +1106,10 @@ async fn unknown_routes_are_404_not_found_problems() {
         (Method::POST, "/contact-sessions/current/extra"),
         (Method::POST, "/conversations/conv_1"),
         (Method::GET, "/conversations/conv_1/messages/msg_1"),
-        (Method::GET, "/operator/conversations"),
+        (Method::GET, "/operator"),
+        (Method::GET, "/operator/conversations/conv_1"),
+        (Method::GET, "/operator/files/file_1/content"),
+        (Method::POST, "/billing"),
     ] {
         let reply = send(server.api.request(method.clone(), path, Some(&token))).await;
         assert_eq!(reply.status, 404, "{method} {path}: {reply:?}");
@@ -866,7 +1118,8 @@ async fn unknown_routes_are_404_not_found_problems() {
 }
 
 #[tokio::test]
-async fn wrong_methods_are_405_method_not_allowed_problems_before_any_session_check() {
+async fn wrong_methods_are_405_method_not_allowed_problems_before_any_session_or_organization_check(
+) {
     let server = serve(&[]).await;
     for (method, path, allowed) in [
         (Method::GET, "/contact-sessions", "POST"),
@@ -875,8 +1128,25 @@ async fn wrong_methods_are_405_method_not_allowed_problems_before_any_session_ch
         (Method::GET, "/conversations", "POST"),
         (Method::PUT, "/conversations", "POST"),
         (Method::PATCH, "/conversations/conv_1/messages", "POST"),
+        (Method::POST, "/operator/subscription", "GET"),
+        (Method::DELETE, "/operator/conversations", "GET"),
+        (
+            Method::GET,
+            "/operator/conversations/conv_1/messages",
+            "POST",
+        ),
+        (
+            Method::GET,
+            "/operator/conversations/conv_1/enhance",
+            "POST",
+        ),
+        (Method::PATCH, "/operator/files", "POST"),
+        (Method::GET, "/operator/files/file_1", "DELETE"),
+        (Method::POST, "/operator/widget-settings", "PUT"),
+        (Method::GET, "/billing/webhook", "POST"),
     ] {
-        // No session at all: the method is wrong before the session matters.
+        // No session or organization at all: the method is wrong before
+        // either matters.
         let reply = send(server.api.request(method.clone(), path, None)).await;
         assert_eq!(reply.status, 405, "{method} {path}: {reply:?}");
         reply.assert_problem(405, "method_not_allowed");
@@ -1168,6 +1438,956 @@ async fn absolute_lifetime_caps_a_session_however_active() {
 }
 
 // ---------------------------------------------------------------------------
+// Soft gating: AI replies to visitors
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn entitled_organizations_visitor_gets_an_ai_reply_and_the_conversation_stays_unresolved() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    server.upgrade("org_1").await;
+    let token = api.start_session().await;
+    let id = api.start_conversation(&token).await;
+
+    for round in 1..=2 {
+        server.clock.advance(SECOND);
+        let reply = api.send_message(&token, &id, "Where is my invoice?").await;
+        assert_eq!(reply.status, 201, "round {round}: {reply:?}");
+        assert_eq!(reply.body["ai_replied"], true, "round {round}");
+        assert_eq!(reply.body["status"], "unresolved", "round {round}");
+        assert!(reply.body["message_id"].is_string(), "{reply:?}");
+    }
+    let (status, roles, contents) = api.conversation(&token, &id).await;
+    assert_eq!(status, "unresolved");
+    assert_eq!(
+        roles,
+        ["assistant", "user", "assistant", "user", "assistant"]
+    );
+    assert_eq!(contents[1], "Where is my invoice?");
+    assert!(!contents[2].trim().is_empty(), "{contents:?}");
+    assert_eq!(contents[2], contents[4], "the stand-in AI is deterministic");
+}
+
+#[tokio::test]
+async fn ai_does_not_reply_to_an_escalated_conversation_even_after_an_upgrade() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let token = api.start_session().await;
+    let escalated = api.start_conversation(&token).await;
+    let reply = api.send_message(&token, &escalated, "hello?").await;
+    assert_eq!(
+        (&reply.body["ai_replied"], &reply.body["status"]),
+        (&json!(false), &json!("escalated"))
+    );
+
+    server.upgrade("org_1").await;
+    let reply = api.send_message(&token, &escalated, "anyone?").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.body["ai_replied"], false, "an operator has it now");
+    assert_eq!(reply.body["status"], "escalated");
+    let (_, roles, _) = api.conversation(&token, &escalated).await;
+    assert_eq!(roles, ["assistant", "user", "user"]);
+
+    // A new conversation of the same visitor gets the AI.
+    let fresh = api.start_conversation(&token).await;
+    let reply = api.send_message(&token, &fresh, "hello?").await;
+    assert_eq!(reply.body["ai_replied"], true, "{reply:?}");
+    assert_eq!(reply.body["status"], "unresolved");
+}
+
+#[tokio::test]
+async fn operator_reply_leaves_the_status_unchanged() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let token = api.start_session().await;
+
+    // Escalated (free organization) stays escalated.
+    let escalated = api.start_conversation(&token).await;
+    api.send_message(&token, &escalated, "help").await;
+    let reply = api.reply_as_operator("org_1", &escalated, "On it!").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.body["status"], "escalated");
+    assert!(reply.body["message_id"].is_string(), "{reply:?}");
+
+    // Unresolved stays unresolved, and the AI keeps answering it.
+    server.upgrade("org_1").await;
+    let unresolved = api.start_conversation(&token).await;
+    let reply = api
+        .reply_as_operator("org_1", &unresolved, "Hello from a human")
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.body["status"], "unresolved");
+    let reply = api.send_message(&token, &unresolved, "thanks").await;
+    assert_eq!(reply.body["ai_replied"], true, "{reply:?}");
+
+    let (status, roles, contents) = api.conversation(&token, &escalated).await;
+    assert_eq!(status, "escalated");
+    assert_eq!(roles, ["assistant", "user", "operator"]);
+    assert_eq!(contents[2], "On it!");
+    let (status, roles, _) = api.conversation(&token, &unresolved).await;
+    assert_eq!(status, "unresolved");
+    assert_eq!(roles, ["assistant", "operator", "user", "assistant"]);
+}
+
+// ---------------------------------------------------------------------------
+// The story: free, upgraded by a webhook, canceled by a webhook
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn free_operator_is_refused_enhance_and_upload_but_can_list_reply_and_list_files() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let token = api.start_session().await;
+    let id = api.start_conversation(&token).await;
+    api.send_message(&token, &id, "hello").await;
+
+    api.enhance("org_1", &id, "thanks for waiting")
+        .await
+        .assert_problem(403, "subscription_required");
+    api.upload_file("org_1", "faq.md", "# FAQ")
+        .await
+        .assert_problem(403, "subscription_required");
+
+    let reply = api.operator_get("/operator/conversations", "org_1").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let conversations = reply.body["conversations"].as_array().unwrap();
+    assert_eq!(conversations.len(), 1, "{reply:?}");
+    assert_eq!(conversations[0]["conversation_id"], id.as_str());
+    assert_eq!(conversations[0]["status"], "escalated");
+    assert_eq!(timestamp(&conversations[0], "created_at"), epoch());
+
+    let reply = api.operator_get("/operator/files", "org_1").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, json!({ "files": [] }));
+    api.delete_file("org_1", "file_unknown")
+        .await
+        .assert_problem(404, "not_found");
+
+    let reply = api.reply_as_operator("org_1", &id, "A human here.").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let (_, roles, _) = api.conversation(&token, &id).await;
+    assert_eq!(roles, ["assistant", "user", "operator"]);
+    assert_eq!(
+        api.subscription("org_1").await,
+        json!({ "entitled": false, "plan": null, "status": null })
+    );
+}
+
+#[tokio::test]
+async fn signed_webhook_upgrade_takes_effect_on_the_very_next_request() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let token = api.start_session().await;
+    let id = api.start_conversation(&token).await;
+    // Warm the negative cache on every path that reads it.
+    api.enhance("org_1", &id, "draft")
+        .await
+        .assert_problem(403, "subscription_required");
+    assert_eq!(api.subscription("org_1").await["entitled"], false);
+
+    server.upgrade("org_1").await;
+
+    // No time passes: the cache was invalidated, not waited out.
+    let reply = api.send_message(&token, &id, "hello").await;
+    assert_eq!(reply.body["ai_replied"], true, "{reply:?}");
+    assert_eq!(reply.body["status"], "unresolved");
+    let reply = api.enhance("org_1", &id, "  thanks   for waiting ").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, json!({ "enhanced": "Thanks for waiting." }));
+    let reply = api.upload_file("org_1", " faq.md ", "# FAQ").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.body["name"], "faq.md");
+    assert_eq!(timestamp(&reply.body, "created_at"), epoch());
+    let file_id = reply.body["file_id"].as_str().expect("file_id").to_owned();
+    assert_eq!(api.file_ids("org_1").await, [file_id]);
+    assert_eq!(
+        api.subscription("org_1").await,
+        json!({ "entitled": true, "plan": "pro", "status": "active" })
+    );
+}
+
+#[tokio::test]
+async fn cancellation_webhook_takes_the_subscription_back_at_once_but_files_can_still_be_deleted() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let token = api.start_session().await;
+    server.upgrade("org_1").await;
+    let id = api.start_conversation(&token).await;
+    // Warm the positive cache.
+    assert_eq!(api.enhance("org_1", &id, "hi").await.status, 200);
+    let mut files = Vec::new();
+    for name in ["faq.md", "pricing.md"] {
+        server.clock.advance(SECOND);
+        let reply = api.upload_file("org_1", name, "some text").await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        files.push(reply.body["file_id"].as_str().unwrap().to_owned());
+    }
+
+    server.cancel("org_1").await;
+
+    api.enhance("org_1", &id, "hi")
+        .await
+        .assert_problem(403, "subscription_required");
+    api.upload_file("org_1", "more.md", "text")
+        .await
+        .assert_problem(403, "subscription_required");
+    let reply = api.send_message(&token, &id, "hello again").await;
+    assert_eq!(
+        (&reply.body["ai_replied"], &reply.body["status"]),
+        (&json!(false), &json!("escalated")),
+        "{reply:?}"
+    );
+    assert_eq!(
+        api.subscription("org_1").await,
+        json!({ "entitled": false, "plan": "pro", "status": "canceled" })
+    );
+
+    // What was uploaded while subscribed stays listed and deletable.
+    let reply = api.operator_get("/operator/files", "org_1").await;
+    let listed = reply.body["files"].as_array().unwrap();
+    assert_eq!(ids(&reply.body["files"], "file_id"), files, "oldest first");
+    assert_eq!(listed[0]["name"], "faq.md");
+    assert_eq!(timestamp(&listed[0], "created_at"), epoch() + SECOND);
+    assert_eq!(timestamp(&listed[1], "created_at"), epoch() + 2 * SECOND);
+    let reply = api.delete_file("org_1", &files[0]).await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert_eq!(reply.body, Value::Null, "204 has no body");
+    assert_eq!(api.file_ids("org_1").await, [files[1].clone()]);
+    api.delete_file("org_1", &files[0])
+        .await
+        .assert_problem(404, "not_found");
+}
+
+// ---------------------------------------------------------------------------
+// Billing webhook
+// ---------------------------------------------------------------------------
+
+/// Asserts `reply` is a 401 `invalid_signature` and `org_1` is unchanged.
+async fn assert_refused_without_change(server: &Server, reply: Reply, before: &Value, case: &str) {
+    assert_eq!(reply.status, 401, "{case}: {reply:?}");
+    reply.assert_problem(401, "invalid_signature");
+    assert_eq!(&server.api.subscription("org_1").await, before, "{case}");
+}
+
+#[tokio::test]
+async fn webhook_with_a_tampered_body_is_401_invalid_signature_and_changes_nothing() {
+    let server = serve(&WITH_SECRET).await;
+    let before = server.api.subscription("org_1").await;
+    let signed_body = event("org_1", "sub_1", "canceled", "pro").to_string();
+    let signed = signature(SECRET, &signed_body, server.clock.now());
+    let tampered = signed_body.replace("canceled", "active");
+    assert_ne!(tampered, signed_body);
+
+    let reply = server.api.post_webhook(&tampered, Some(&signed)).await;
+    assert_refused_without_change(&server, reply, &before, "tampered body").await;
+    // Even re-serialising the same JSON differently breaks the signature.
+    let spaced = signed_body.replace(',', ", ");
+    let reply = server.api.post_webhook(&spaced, Some(&signed)).await;
+    assert_refused_without_change(&server, reply, &before, "re-serialised body").await;
+}
+
+#[tokio::test]
+async fn webhook_signed_with_another_secret_is_401_invalid_signature_and_changes_nothing() {
+    let server = serve(&WITH_SECRET).await;
+    server.upgrade("org_1").await;
+    let before = server.api.subscription("org_1").await;
+    let body = event("org_1", "sub_pro", "canceled", "pro").to_string();
+    let forged = signature("whsec_someone_else", &body, server.clock.now());
+
+    let reply = server.api.post_webhook(&body, Some(&forged)).await;
+    assert_refused_without_change(&server, reply, &before, "another secret").await;
+    assert_eq!(before["entitled"], true);
+}
+
+#[tokio::test]
+async fn webhook_signed_ten_minutes_away_is_401_invalid_signature_and_changes_nothing() {
+    let server = serve(&WITH_SECRET).await;
+    let before = server.api.subscription("org_1").await;
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    let now = server.clock.now();
+    for (case, at) in [
+        ("ten minutes old", now - 10 * MINUTE),
+        ("ten minutes ahead", now + 10 * MINUTE),
+        ("301 s old", now - 301 * SECOND),
+    ] {
+        let signed = signature(SECRET, &body, at);
+        let reply = server.api.post_webhook(&body, Some(&signed)).await;
+        assert_refused_without_change(&server, reply, &before, case).await;
+    }
+    // A capture replayed later is refused too.
+    let captured = signature(SECRET, &body, now);
+    server.clock.advance(10 * MINUTE);
+    let reply = server.api.post_webhook(&body, Some(&captured)).await;
+    assert_refused_without_change(&server, reply, &before, "replayed").await;
+
+    // 300 s is still within tolerance.
+    let edge = signature(SECRET, &body, server.clock.now() - 300 * SECOND);
+    let reply = server.api.post_webhook(&body, Some(&edge)).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["entitled"], true);
+}
+
+#[tokio::test]
+async fn webhook_without_a_usable_signature_header_is_401_invalid_signature() {
+    let server = serve(&WITH_SECRET).await;
+    let before = server.api.subscription("org_1").await;
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    let reply = server.api.post_webhook(&body, None).await;
+    assert_refused_without_change(&server, reply, &before, "no header").await;
+    for header in ["", "garbage", "t=abc,v1=00", "v1=00", "t=1750000000"] {
+        let reply = server.api.post_webhook(&body, Some(header)).await;
+        assert_refused_without_change(&server, reply, &before, header).await;
+    }
+}
+
+#[tokio::test]
+async fn webhook_with_several_v1_entries_passes_when_one_matches() {
+    let server = serve(&WITH_SECRET).await;
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    let now = server.clock.now();
+    let good = signature(SECRET, &body, now);
+    let (timestamp_entry, good_v1) = good.split_once(",v1=").expect("t=…,v1=…");
+    let old_secret = signature("whsec_rotated_out", &body, now);
+    let (_, old_v1) = old_secret.split_once(",v1=").unwrap();
+    // A rotation: the old secret's signature first, ours (in upper case)
+    // after, with an entry this server does not know.
+    let header = format!(
+        "{timestamp_entry},v1={old_v1},v0=ignored,v1={}",
+        good_v1.to_uppercase()
+    );
+
+    let reply = server.api.post_webhook(&body, Some(&header)).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body,
+        json!({ "organization_id": "org_1", "entitled": true })
+    );
+    assert_eq!(server.api.subscription("org_1").await["entitled"], true);
+
+    // None matching is still refused.
+    let header = format!("{timestamp_entry},v1={old_v1},v1={old_v1}");
+    let reply = server.api.post_webhook(&body, Some(&header)).await;
+    reply.assert_problem(401, "invalid_signature");
+}
+
+#[tokio::test]
+async fn webhook_without_a_configured_secret_is_503_webhook_not_configured() {
+    let server = serve(&[]).await;
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    for signed in [
+        Some(signature(SECRET, &body, server.clock.now())),
+        Some(signature("", &body, server.clock.now())),
+        None,
+    ] {
+        let reply = server.api.post_webhook(&body, signed.as_deref()).await;
+        reply.assert_problem(503, "webhook_not_configured");
+    }
+    assert_eq!(
+        server.api.subscription("org_1").await,
+        json!({ "entitled": false, "plan": null, "status": null })
+    );
+}
+
+#[tokio::test]
+async fn validly_signed_but_invalid_webhook_bodies_are_400_invalid_request_and_change_nothing() {
+    let server = serve(&WITH_SECRET).await;
+    let before = server.api.subscription("org_1").await;
+    let mut unknown_status = event("org_1", "sub_1", "active", "pro");
+    unknown_status["status"] = json!("gold");
+    let mut missing_plan = event("org_1", "sub_1", "active", "pro");
+    missing_plan.as_object_mut().unwrap().remove("plan");
+    let mut missing_organization = event("org_1", "sub_1", "active", "pro");
+    missing_organization
+        .as_object_mut()
+        .unwrap()
+        .remove("organization_id");
+    let mut bad_period_end = event("org_1", "sub_1", "active", "pro");
+    bad_period_end["current_period_end"] = json!("next tuesday");
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "malformed JSON",
+            r#"{"organization_id": "org_1","#.to_owned(),
+        ),
+        ("empty body", String::new()),
+        ("not an object", "[1, 2]".to_owned()),
+        ("unknown status", unknown_status.to_string()),
+        (
+            "status in capitals",
+            unknown_status.to_string().replace("gold", "ACTIVE"),
+        ),
+        ("missing plan", missing_plan.to_string()),
+        ("missing organization_id", missing_organization.to_string()),
+        ("bad current_period_end", bad_period_end.to_string()),
+        (
+            "empty organization_id",
+            event(" ", "sub_1", "active", "pro").to_string(),
+        ),
+    ];
+    for (case, body) in cases {
+        let signed = signature(SECRET, &body, server.clock.now());
+        let reply = server.api.post_webhook(&body, Some(&signed)).await;
+        assert_eq!(reply.status, 400, "{case}: {reply:?}");
+        reply.assert_problem(400, "invalid_request");
+        assert_eq!(server.api.subscription("org_1").await, before, "{case}");
+    }
+}
+
+#[tokio::test]
+async fn webhook_ignores_unknown_fields_and_needs_neither_session_nor_organization() {
+    let server = serve(&WITH_SECRET).await;
+    let mut body = event("org_1", "sub_1", "trialing", "pro");
+    body["livemode"] = json!(false);
+    body["items"] = json!([{ "price": "price_123" }]);
+    body["trial_end"] = json!(rfc3339_millis(epoch() + 14 * DAY));
+    // `Server::webhook` sends neither `x-session-id` nor `x-organization-id`.
+    let reply = server.webhook(&body).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        server.api.subscription("org_1").await,
+        json!({ "entitled": true, "plan": "pro", "status": "trialing" })
+    );
+}
+
+#[tokio::test]
+async fn webhooks_upsert_per_subscription_so_an_old_canceled_and_a_new_active_one_entitle_in_either_order(
+) {
+    let server = serve(&WITH_SECRET).await;
+    let old = |organization: &str| event(organization, "sub_old", "canceled", "starter");
+    let new = |organization: &str| event(organization, "sub_new", "active", "pro");
+
+    // Old first, then new.
+    server.apply(&old("org_a"), false).await;
+    server.apply(&new("org_a"), true).await;
+    // New first, then old: the old one does not replace the new one.
+    server.apply(&new("org_b"), true).await;
+    server.apply(&old("org_b"), true).await;
+    for organization in ["org_a", "org_b"] {
+        assert_eq!(
+            server.api.subscription(organization).await,
+            json!({ "entitled": true, "plan": "pro", "status": "active" }),
+            "{organization}"
+        );
+    }
+
+    // The same subscription id replaces its previous state (shown, as the
+    // one with the latest period end: the old one has none).
+    server
+        .apply(
+            &event_until("org_a", "sub_new", "past_due", "pro", epoch() + DAY),
+            false,
+        )
+        .await;
+    assert_eq!(
+        server.api.subscription("org_a").await,
+        json!({ "entitled": false, "plan": "pro", "status": "past_due" })
+    );
+    // Another organization's webhooks never touch this one.
+    assert_eq!(server.api.subscription("org_b").await["entitled"], true);
+}
+
+// ---------------------------------------------------------------------------
+// GET /operator/subscription
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn operator_subscription_is_null_plan_and_status_without_any_subscription() {
+    let server = serve(&WITH_SECRET).await;
+    let reply = server
+        .api
+        .operator_get("/operator/subscription", "org_nobody")
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body,
+        json!({ "entitled": false, "plan": null, "status": null })
+    );
+}
+
+#[tokio::test]
+async fn operator_subscription_shows_the_deciding_subscription_deterministically() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let in_days = |days: u32| epoch() + days * DAY;
+
+    // Entitled: the entitling one decides, even when a canceled one's
+    // period ends later.
+    server
+        .apply(
+            &event_until("org_1", "sub_a", "canceled", "starter", in_days(90)),
+            false,
+        )
+        .await;
+    server
+        .apply(
+            &event_until("org_1", "sub_b", "active", "pro", in_days(30)),
+            true,
+        )
+        .await;
+    assert_eq!(
+        api.subscription("org_1").await,
+        json!({ "entitled": true, "plan": "pro", "status": "active" })
+    );
+
+    // Not entitled: the latest current_period_end is shown...
+    server
+        .apply(
+            &event_until("org_2", "sub_a", "canceled", "starter", in_days(10)),
+            false,
+        )
+        .await;
+    server
+        .apply(
+            &event_until("org_2", "sub_b", "past_due", "pro", in_days(20)),
+            false,
+        )
+        .await;
+    assert_eq!(
+        api.subscription("org_2").await,
+        json!({ "entitled": false, "plan": "pro", "status": "past_due" })
+    );
+    // ...ties broken by subscription id (the greater), whatever the order
+    // they arrived in.
+    server
+        .apply(
+            &event_until("org_3", "sub_z", "unpaid", "enterprise", in_days(5)),
+            false,
+        )
+        .await;
+    server
+        .apply(
+            &event_until("org_3", "sub_m", "canceled", "starter", in_days(5)),
+            false,
+        )
+        .await;
+    assert_eq!(
+        api.subscription("org_3").await,
+        json!({ "entitled": false, "plan": "enterprise", "status": "unpaid" })
+    );
+}
+
+#[tokio::test]
+async fn entitlement_ends_with_the_current_period_without_any_webhook() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    server
+        .apply(
+            &event_until("org_1", "sub_1", "active", "pro", epoch() + HOUR),
+            true,
+        )
+        .await;
+    let token = api.start_session().await;
+    let id = api.start_conversation(&token).await;
+    assert_eq!(api.enhance("org_1", &id, "hi").await.status, 200);
+
+    server.clock.advance(HOUR);
+    assert_eq!(
+        api.subscription("org_1").await,
+        json!({ "entitled": false, "plan": "pro", "status": "active" })
+    );
+    api.enhance("org_1", &id, "hi")
+        .await
+        .assert_problem(403, "subscription_required");
+    let reply = api.send_message(&token, &id, "hello").await;
+    assert_eq!(reply.body["ai_replied"], false, "{reply:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Widget settings
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn widget_settings_need_a_subscription_to_create_but_not_to_update() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+
+    api.put_greeting("org_1", "Hello from Acme!")
+        .await
+        .assert_problem(403, "subscription_required");
+
+    server.upgrade("org_1").await;
+    let reply = api.put_greeting("org_1", "  Hello from Acme!  ").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body,
+        json!({ "greeting": "Hello from Acme!", "created": true })
+    );
+
+    server.cancel("org_1").await;
+    let reply = api.put_greeting("org_1", "Acme says hi").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body,
+        json!({ "greeting": "Acme says hi", "created": false })
+    );
+    // Another free organization still cannot create its own.
+    api.put_greeting("org_2", "Hello")
+        .await
+        .assert_problem(403, "subscription_required");
+}
+
+#[tokio::test]
+async fn new_conversations_greet_with_the_organizations_greeting() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let token = api.start_session().await;
+    let before = api.start_conversation(&token).await;
+    let (_, _, contents) = api.conversation(&token, &before).await;
+    let default_greeting = contents[0].clone();
+
+    server.upgrade("org_1").await;
+    assert_eq!(
+        api.put_greeting("org_1", "Welcome to Acme!").await.status,
+        200
+    );
+    let after = api.start_conversation(&token).await;
+    let (_, roles, contents) = api.conversation(&token, &after).await;
+    assert_eq!(roles, ["assistant"]);
+    assert_eq!(contents, ["Welcome to Acme!"]);
+    // Existing conversations keep theirs; other organizations keep the default.
+    let (_, _, contents) = api.conversation(&token, &before).await;
+    assert_eq!(contents, [default_greeting.as_str()]);
+    let stranger = api.start_session_in("org_2").await;
+    let theirs = api.start_conversation(&stranger).await;
+    let (_, _, contents) = api.conversation(&stranger, &theirs).await;
+    assert_eq!(contents, [default_greeting]);
+}
+
+// ---------------------------------------------------------------------------
+// Operator: organization, ownership, check order, validation
+// ---------------------------------------------------------------------------
+
+/// Every operator route, as (method, path, JSON body).
+fn operator_routes(conversation_id: &str, file_id: &str) -> Vec<(Method, String, Option<Value>)> {
+    vec![
+        (Method::GET, "/operator/subscription".to_owned(), None),
+        (Method::GET, "/operator/conversations".to_owned(), None),
+        (
+            Method::POST,
+            format!("/operator/conversations/{conversation_id}/messages"),
+            Some(json!({ "content": "hi" })),
+        ),
+        (
+            Method::POST,
+            format!("/operator/conversations/{conversation_id}/enhance"),
+            Some(json!({ "draft": "hi" })),
+        ),
+        (
+            Method::POST,
+            "/operator/files".to_owned(),
+            Some(json!({ "name": "a.md", "content": "a" })),
+        ),
+        (Method::GET, "/operator/files".to_owned(), None),
+        (Method::DELETE, format!("/operator/files/{file_id}"), None),
+        (
+            Method::PUT,
+            "/operator/widget-settings".to_owned(),
+            Some(json!({ "greeting": "hi" })),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn operator_routes_without_x_organization_id_are_401_organization_missing() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    server.upgrade("org_1").await;
+    let token = api.start_session().await;
+    let id = api.start_conversation(&token).await;
+    let file = api.upload_file("org_1", "a.md", "a").await;
+    let file_id = file.body["file_id"].as_str().unwrap().to_owned();
+    let too_long = "o".repeat(129);
+
+    for (method, path, body) in operator_routes(&id, &file_id) {
+        for organization in [None, Some(""), Some("   "), Some(too_long.as_str())] {
+            let mut request = api.operator(method.clone(), &path, organization);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            // A session does not stand in for the operator's organization.
+            let reply = send(request.header("x-session-id", &token)).await;
+            assert_eq!(
+                reply.status, 401,
+                "{method} {path} {organization:?}: {reply:?}"
+            );
+            reply.assert_problem(401, "organization_missing");
+            assert!(
+                reply.body["detail"]
+                    .as_str()
+                    .is_some_and(|detail| detail.contains("x-organization-id")),
+                "the detail names the header: {reply:?}"
+            );
+        }
+    }
+    // An id of the longest allowed length works.
+    let longest = "o".repeat(128);
+    assert_eq!(api.subscription(&longest).await["entitled"], false);
+    // Nothing was changed by the refused calls.
+    assert_eq!(api.file_ids("org_1").await, [file_id]);
+}
+
+#[tokio::test]
+async fn another_organizations_conversation_and_file_ids_are_404() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    server.upgrade("org_1").await;
+    server.upgrade("org_2").await;
+    let token = api.start_session_in("org_1").await;
+    let id = api.start_conversation(&token).await;
+    let file = api.upload_file("org_1", "a.md", "a").await;
+    let file_id = file.body["file_id"].as_str().unwrap().to_owned();
+
+    for conversation in [id.as_str(), "conv_unknown"] {
+        api.reply_as_operator("org_2", conversation, "hi")
+            .await
+            .assert_problem(404, "not_found");
+        api.enhance("org_2", conversation, "hi")
+            .await
+            .assert_problem(404, "not_found");
+    }
+    for file in [file_id.as_str(), "file_unknown"] {
+        api.delete_file("org_2", file)
+            .await
+            .assert_problem(404, "not_found");
+    }
+    assert!(api.conversation_ids("org_2").await.is_empty());
+    assert!(api.file_ids("org_2").await.is_empty());
+
+    // Nothing happened to org_1's.
+    let (_, roles, _) = api.conversation(&token, &id).await;
+    assert_eq!(roles, ["assistant"]);
+    assert_eq!(api.file_ids("org_1").await, [file_id]);
+}
+
+#[tokio::test]
+async fn operator_checks_run_organization_then_subscription_then_body_then_id() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let json = "application/json";
+    let invalid_bodies = ["{ broken", r#"{"draft": "   "}"#, r#"{"text": "hi"}"#];
+    let unknown = "/operator/conversations/conv_unknown/enhance";
+    let raw = |organization: Option<&'static str>, path: &str, body: &str| {
+        api.operator(Method::POST, path, organization)
+            .header("content-type", json)
+            .body(body.to_owned())
+    };
+
+    for body in invalid_bodies {
+        // No organization: 401 before anything else.
+        send(raw(None, unknown, body))
+            .await
+            .assert_problem(401, "organization_missing");
+        // A free organization: 403 before the body is read.
+        send(raw(Some("org_free"), unknown, body))
+            .await
+            .assert_problem(403, "subscription_required");
+        send(raw(Some("org_free"), "/operator/files", body))
+            .await
+            .assert_problem(403, "subscription_required");
+        send(
+            api.operator(Method::PUT, "/operator/widget-settings", Some("org_free"))
+                .header("content-type", json)
+                .body(body.to_owned()),
+        )
+        .await
+        .assert_problem(403, "subscription_required");
+    }
+
+    server.upgrade("org_pro").await;
+    for body in invalid_bodies {
+        // An entitled organization: the body, before the id.
+        send(raw(Some("org_pro"), unknown, body))
+            .await
+            .assert_problem(400, "invalid_request");
+        send(raw(
+            Some("org_pro"),
+            "/operator/conversations/conv_unknown/messages",
+            body,
+        ))
+        .await
+        .assert_problem(400, "invalid_request");
+    }
+    // A valid body: then the id.
+    send(raw(Some("org_pro"), unknown, r#"{"draft": "hi"}"#))
+        .await
+        .assert_problem(404, "not_found");
+    send(raw(
+        Some("org_free"),
+        "/operator/conversations/conv_unknown/messages",
+        r#"{"content": "hi"}"#,
+    ))
+    .await
+    .assert_problem(404, "not_found");
+}
+
+#[tokio::test]
+async fn operator_conversation_list_shows_every_visitor_of_the_organization_and_only_them() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    let ada = api.start_session_in("org_1").await;
+    let bob = api.start_session_in("org_1").await;
+    let eve = api.start_session_in("org_2").await;
+    let mut expected = Vec::new();
+    for token in [&ada, &bob, &eve, &ada] {
+        server.clock.advance(SECOND);
+        let id = api.start_conversation(token).await;
+        if token != &eve {
+            expected.push(id);
+        }
+    }
+    api.send_message(&bob, &expected[1], "help").await;
+
+    let reply = api.operator_get("/operator/conversations", "org_1").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        ids(&reply.body["conversations"], "conversation_id"),
+        expected,
+        "oldest first"
+    );
+    let conversations = reply.body["conversations"].as_array().unwrap();
+    let statuses: Vec<&str> = conversations
+        .iter()
+        .map(|conversation| conversation["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["unresolved", "escalated", "unresolved"]);
+    assert_eq!(
+        timestamp(&conversations[2], "created_at"),
+        epoch() + 4 * SECOND
+    );
+    assert_eq!(api.conversation_ids("org_2").await.len(), 1);
+    // A visitor still sees only its own.
+    api.get(
+        &format!("/conversations/{}/messages", expected[0]),
+        Some(&bob),
+    )
+    .await
+    .assert_problem(404, "not_found");
+}
+
+#[tokio::test]
+async fn operator_bodies_beyond_the_limits_are_400_and_the_limits_are_inclusive() {
+    let server = serve(&WITH_SECRET).await;
+    let api = &server.api;
+    server.upgrade("org_1").await;
+    let token = api.start_session().await;
+    let id = api.start_conversation(&token).await;
+    let enhance = format!("/operator/conversations/{id}/enhance");
+    let reply_path = format!("/operator/conversations/{id}/messages");
+    let mib = 1024 * 1024;
+
+    let invalid: Vec<(&str, Method, &str, Value)> = vec![
+        (
+            "empty draft",
+            Method::POST,
+            &enhance,
+            json!({ "draft": " \n " }),
+        ),
+        (
+            "draft of 10 001",
+            Method::POST,
+            &enhance,
+            json!({ "draft": "é".repeat(10_001) }),
+        ),
+        (
+            "numeric draft",
+            Method::POST,
+            &enhance,
+            json!({ "draft": 7 }),
+        ),
+        (
+            "empty reply",
+            Method::POST,
+            &reply_path,
+            json!({ "content": "" }),
+        ),
+        (
+            "reply of 10 001",
+            Method::POST,
+            &reply_path,
+            json!({ "content": "é".repeat(10_001) }),
+        ),
+        (
+            "empty name",
+            Method::POST,
+            "/operator/files",
+            json!({ "name": "  ", "content": "a" }),
+        ),
+        (
+            "name of 201",
+            Method::POST,
+            "/operator/files",
+            json!({ "name": "n".repeat(201), "content": "a" }),
+        ),
+        (
+            "missing content",
+            Method::POST,
+            "/operator/files",
+            json!({ "name": "a.md" }),
+        ),
+        (
+            "empty content",
+            Method::POST,
+            "/operator/files",
+            json!({ "name": "a.md", "content": "\t" }),
+        ),
+        (
+            "content of 1 MiB + 1 byte",
+            Method::POST,
+            "/operator/files",
+            json!({ "name": "a.md", "content": "x".repeat(mib + 1) }),
+        ),
+        (
+            "empty greeting",
+            Method::PUT,
+            "/operator/widget-settings",
+            json!({ "greeting": "" }),
+        ),
+        (
+            "greeting of 10 001",
+            Method::PUT,
+            "/operator/widget-settings",
+            json!({ "greeting": "é".repeat(10_001) }),
+        ),
+        (
+            "null greeting",
+            Method::PUT,
+            "/operator/widget-settings",
+            json!({ "greeting": null }),
+        ),
+    ];
+    for (case, method, path, body) in invalid {
+        let reply = api.operator_json(method, path, "org_1", &body).await;
+        assert_eq!(reply.status, 400, "{case}: {reply:?}");
+        reply.assert_problem(400, "invalid_request");
+    }
+    assert!(
+        api.file_ids("org_1").await.is_empty(),
+        "nothing invalid was saved"
+    );
+    let (_, roles, _) = api.conversation(&token, &id).await;
+    assert_eq!(roles, ["assistant"]);
+
+    // At the limits, everything is accepted.
+    let reply = api.enhance("org_1", &id, &"é".repeat(10_000)).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = api
+        .reply_as_operator("org_1", &id, &"é".repeat(10_000))
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let reply = api
+        .upload_file("org_1", &"é".repeat(200), &"x".repeat(mib))
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    // Control characters are escaped to six bytes each in JSON: the body is
+    // far larger than the content, and still accepted.
+    let reply = api
+        .upload_file("org_1", "control.bin", &"\u{1}".repeat(mib))
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let reply = api.put_greeting("org_1", &"é".repeat(10_000)).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+// ---------------------------------------------------------------------------
 // The example binary
 // ---------------------------------------------------------------------------
 
@@ -1361,6 +2581,57 @@ async fn binary_prints_the_bound_address_first_and_serves_the_visitor_routes() {
     api.get("/nowhere", None)
         .await
         .assert_problem(404, "not_found");
+    // Started without --webhook-secret.
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    let signed = signature(SECRET, &body, SystemTime::now());
+    api.post_webhook(&body, Some(&signed))
+        .await
+        .assert_problem(503, "webhook_not_configured");
+}
+
+#[tokio::test]
+async fn binary_with_a_webhook_secret_applies_signed_webhooks_to_every_route() {
+    let (running, _) = spawn_binary(&["--addr", "127.0.0.1:0", "--webhook-secret", SECRET]).await;
+    let api = Api::new(running.addr);
+    let token = api.start_session().await;
+    let id = api.start_conversation(&token).await;
+    api.enhance("org_1", &id, "hi")
+        .await
+        .assert_problem(403, "subscription_required");
+
+    // The binary reads the system clock: sign at the current time.
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    let forged = signature("whsec_wrong", &body, SystemTime::now());
+    api.post_webhook(&body, Some(&forged))
+        .await
+        .assert_problem(401, "invalid_signature");
+    let stale = signature(SECRET, &body, SystemTime::now() - 10 * MINUTE);
+    api.post_webhook(&body, Some(&stale))
+        .await
+        .assert_problem(401, "invalid_signature");
+    api.post_webhook("{", Some(&signature(SECRET, "{", SystemTime::now())))
+        .await
+        .assert_problem(400, "invalid_request");
+    assert_eq!(api.subscription("org_1").await["entitled"], false);
+
+    let reply = api
+        .post_webhook(&body, Some(&signature(SECRET, &body, SystemTime::now())))
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body,
+        json!({ "organization_id": "org_1", "entitled": true })
+    );
+    assert_eq!(
+        api.subscription("org_1").await,
+        json!({ "entitled": true, "plan": "pro", "status": "active" })
+    );
+    assert_eq!(api.enhance("org_1", &id, "hi").await.status, 200);
+    let reply = api.send_message(&token, &id, "hello").await;
+    assert_eq!(reply.body["ai_replied"], true, "{reply:?}");
+    api.get("/operator/files", None)
+        .await
+        .assert_problem(401, "organization_missing");
 }
 
 #[tokio::test]
@@ -1416,6 +2687,7 @@ async fn binary_prints_usage_on_help_and_exits_0() {
         "--absolute-lifetime",
         "--store",
         "--session-store",
+        "--webhook-secret",
     ] {
         assert!(stdout.contains(flag), "usage mentions {flag}: {stdout}");
     }
