@@ -651,6 +651,41 @@ async fn a_revocation_by_another_process_is_seen_within_the_cache_ttl() {
     assert_eq!(fixture.store.loads(), 1);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_load_that_raced_a_revocation_does_not_put_the_session_back() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let cold = SessionRefreshLayer::builder(fixture.store.clone())
+        .clock(fixture.clock.clone())
+        .build()
+        .expect("valid configuration");
+    let service = echo_service(cold.clone());
+    fixture.store.close_gate();
+    // This load reads the live record, then waits at the gate.
+    let racing = tokio::spawn({
+        let service = service.clone();
+        async move { send(&service, with_token(&token)).await.status }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fixture.store.loads(), 1);
+    assert!(cold.handle().revoke(&token).await.expect("revoke"));
+    fixture.store.open_gate();
+    assert_eq!(
+        racing.await.expect("task"),
+        StatusCode::OK,
+        "read before the revocation"
+    );
+
+    // The revocation has returned: the next request must not be let in.
+    assert_rejected(
+        &send(&service, with_token(&token)).await,
+        "session_not_found",
+    );
+    assert_eq!(fixture.store.loads(), 2, "the raced record was not cached");
+}
+
 #[tokio::test]
 async fn revoking_an_organization_ends_all_its_sessions_and_only_those() {
     let fixture = Fixture::new();

@@ -289,6 +289,37 @@ async fn after_invalidate_the_next_request_sees_the_change() {
     );
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_load_that_raced_an_apply_does_not_put_the_old_answer_back() {
+    let fixture = Fixture::new();
+    let service = echo(fixture.require());
+    fixture.store.close_gate();
+    // This load reads "no subscription", then waits at the gate.
+    let racing = tokio::spawn({
+        let service = service.clone();
+        async move { send(&service, for_org("org_1")).await.status }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fixture.store.reads(), 1);
+    let upgrade = subscription("org_1", "sub_1", SubscriptionStatus::Active, None);
+    fixture.entitlements.apply(&upgrade).await.expect("apply");
+    fixture.store.open_gate();
+    assert_eq!(
+        racing.await.expect("task"),
+        StatusCode::FORBIDDEN,
+        "decided before the change"
+    );
+
+    // The webhook has answered: the very next request must see the upgrade.
+    assert_eq!(
+        send(&service, for_org("org_1")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(fixture.store.reads(), 2, "the raced answer was not cached");
+}
+
 #[tokio::test]
 async fn apply_stores_the_change_and_the_next_request_sees_it() {
     let fixture = Fixture::new();

@@ -151,17 +151,32 @@ fn not_entitled_reports_the_subscription_with_the_latest_period_end() {
     let subscriptions = vec![
         subscription("sub_1", Canceled, "pro", Some(now() - 10 * DAY)),
         subscription("sub_2", Unpaid, "team", Some(now() - DAY)),
-        subscription("sub_3", Incomplete, "pro", None),
+        subscription("sub_0", Canceled, "basic", Some(now() - DAY)),
     ];
     for order in [
         subscriptions.clone(),
-        subscriptions.into_iter().rev().collect(),
+        subscriptions.iter().cloned().rev().collect(),
     ] {
         let decision = policy.decide("org_1", order, now());
         assert!(!decision.is_entitled());
+        // sub_0 and sub_2 end together: the greater id wins the tie.
         assert_eq!(decision.plan(), Some("team"));
         assert_eq!(decision.status(), Some(Unpaid));
         assert_eq!(decision.reason(), EntitlementReason::StatusNotEntitling);
+    }
+    // An unknown end counts as the latest, as it does among entitling ones.
+    let mut with_open_end = subscriptions;
+    with_open_end.push(subscription("sub_3", Incomplete, "pro", None));
+    for order in [
+        with_open_end.clone(),
+        with_open_end.into_iter().rev().collect(),
+    ] {
+        let decision = policy.decide("org_1", order, now());
+        assert_eq!(
+            decision.subscription().map(|s| s.subscription_id.as_str()),
+            Some("sub_3")
+        );
+        assert_eq!(decision.status(), Some(Incomplete));
     }
 }
 

@@ -1852,7 +1852,15 @@ async fn webhook_ignores_unknown_fields_and_needs_neither_session_nor_organizati
 async fn webhooks_upsert_per_subscription_so_an_old_canceled_and_a_new_active_one_entitle_in_either_order(
 ) {
     let server = serve(&WITH_SECRET).await;
-    let old = |organization: &str| event(organization, "sub_old", "canceled", "starter");
+    let old = |organization: &str| {
+        event_until(
+            organization,
+            "sub_old",
+            "canceled",
+            "starter",
+            epoch() - 30 * DAY,
+        )
+    };
     let new = |organization: &str| event(organization, "sub_new", "active", "pro");
 
     // Old first, then new.
@@ -1870,7 +1878,7 @@ async fn webhooks_upsert_per_subscription_so_an_old_canceled_and_a_new_active_on
     }
 
     // The same subscription id replaces its previous state (shown, as the
-    // one with the latest period end: the old one has none).
+    // one with the latest period end: the old one ended a month ago).
     server
         .apply(
             &event_until("org_a", "sub_new", "past_due", "pro", epoch() + DAY),

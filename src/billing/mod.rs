@@ -155,6 +155,15 @@ impl WebhookError {
         }
     }
 
+    /// A short human-readable summary (a problem's `title`).
+    pub fn title(&self) -> &'static str {
+        match self {
+            Self::Signature(_) => "Invalid signature",
+            Self::Payload(_) => "Invalid request",
+            Self::Store(_) => "Store unavailable",
+        }
+    }
+
     /// The HTTP status to answer with: 401, 400 or 503.
     pub fn status(&self) -> StatusCode {
         match self {

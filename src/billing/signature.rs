@@ -221,7 +221,7 @@ pub enum SignatureError {
     /// The signature is genuine but its `t` is further from now than the
     /// verifier's tolerance allows.
     #[error(
-        "the webhook timestamp is further from now than the allowed tolerance (5m unless configured); check the sender's clock, or this is a replay of an old webhook"
+        "the webhook timestamp is further from now than the verifier's tolerance (300 s by default); check the sender's clock, or this is a replay of an old webhook"
     )]
     OutsideTolerance,
     /// No `v1` entry matches the body signed with our secret.

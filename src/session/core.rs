@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -113,12 +113,16 @@ pub(crate) struct SessionData {
     /// Past this instant the cached copy is re-read from the store (the
     /// cache TTL, on the layer's clock).
     pub(crate) fresh_until: SystemTime,
+    /// Set once no revocation raced the insert; until then readers treat
+    /// the entry as stale (see `SessionCore::cache_insert`).
+    pub(crate) confirmed: AtomicBool,
 }
 
 impl SessionData {
     fn from_record(record: SessionRecord, config: &SessionConfig, now: SystemTime) -> Self {
         Self {
             fresh_until: now + config.cache_ttl,
+            confirmed: AtomicBool::new(false),
             renew_after: renew_after(record.expires_at, config),
             id: record.id,
             organization_id: record.organization_id,
@@ -132,6 +136,7 @@ impl SessionData {
     fn with_expiry(&self, expires_at: SystemTime, config: &SessionConfig, now: SystemTime) -> Self {
         Self {
             fresh_until: now + config.cache_ttl,
+            confirmed: AtomicBool::new(false),
             renew_after: renew_after(expires_at, config),
             id: self.id,
             organization_id: self.organization_id.clone(),
@@ -234,7 +239,7 @@ impl SessionCore {
     pub(crate) fn classify(&self, data: &SessionData, now: SystemTime, activity: bool) -> Verdict {
         if now >= data.expires_at {
             Verdict::LooksExpired
-        } else if now >= data.fresh_until {
+        } else if now >= data.fresh_until || !data.confirmed.load(Ordering::Acquire) {
             Verdict::Stale
         } else if activity
             && now > data.renew_after
@@ -265,9 +270,19 @@ impl SessionCore {
     }
 
     /// Caches `data` unless a revocation happened since `revocations_seen`.
+    ///
+    /// The entry goes in unconfirmed and is confirmed only if no revocation
+    /// happened meanwhile; a revocation that comes after the insert
+    /// invalidates it itself. So no reader ever trusts a copy read before a
+    /// revocation that has already returned.
     fn cache_insert(&self, token: SessionToken, data: Arc<SessionData>, revocations_seen: u64) {
-        self.cache.insert(token, data);
         if self.revocations.load(Ordering::SeqCst) != revocations_seen {
+            return;
+        }
+        self.cache.insert(token, Arc::clone(&data));
+        if self.revocations.load(Ordering::SeqCst) == revocations_seen {
+            data.confirmed.store(true, Ordering::Release);
+        } else {
             self.cache.invalidate(&token);
         }
     }

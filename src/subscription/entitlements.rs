@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -55,8 +55,8 @@ pub(crate) struct EntitlementsCore {
 
 /// Why a lookup produced no subscriptions to decide from.
 pub(crate) enum LookupFailure {
-    /// Fail closed (the store error is logged).
-    Closed,
+    /// Fail closed.
+    Closed(StoreError),
     /// Fail open.
     Open,
 }
@@ -84,9 +84,9 @@ impl EntitlementsCore {
                     OnStoreError::FailOpen => Err(LookupFailure::Open),
                     OnStoreError::ServeStale(_) => match cached {
                         Some(cached) if self.clock.now() < cached.stale_until => Ok(cached),
-                        _ => Err(LookupFailure::Closed),
+                        _ => Err(LookupFailure::Closed(error)),
                     },
-                    OnStoreError::FailClosed => Err(LookupFailure::Closed),
+                    OnStoreError::FailClosed => Err(LookupFailure::Closed(error)),
                 }
             }
         }
@@ -103,7 +103,7 @@ impl EntitlementsCore {
             async move {
                 if let Some(current) = core.cache.get(&*organization_id) {
                     let same = stale.is_some_and(|stale| Arc::ptr_eq(&stale, &current));
-                    if !same && core.clock.now() < current.fresh_until {
+                    if !same && current.is_fresh(core.clock.now()) {
                         return Ok(current);
                     }
                 }
@@ -126,11 +126,19 @@ impl EntitlementsCore {
                     subscriptions,
                     fresh_until: now + ttl,
                     stale_until: now + ttl + stale_window,
+                    confirmed: AtomicBool::new(false),
                 });
-                core.cache
-                    .insert(Arc::clone(&organization_id), Arc::clone(&loaded));
-                if core.invalidations.load(Ordering::SeqCst) != invalidations_seen {
-                    core.cache.invalidate(&*organization_id);
+                // Inserted unconfirmed, confirmed only if no invalidation
+                // raced the read: no reader trusts data read before an
+                // `invalidate` that has returned (see the session cache).
+                if core.invalidations.load(Ordering::SeqCst) == invalidations_seen {
+                    core.cache
+                        .insert(Arc::clone(&organization_id), Arc::clone(&loaded));
+                    if core.invalidations.load(Ordering::SeqCst) == invalidations_seen {
+                        loaded.confirmed.store(true, Ordering::Release);
+                    } else {
+                        core.cache.invalidate(&*organization_id);
+                    }
                 }
                 Ok(loaded)
             }
@@ -220,19 +228,26 @@ impl Entitlements {
         stored
     }
 
-    /// Decides for `organization_id` under `policy`, through the cache.
+    /// Decides for `organization_id` under `policy`, through the cache,
+    /// as the layers do (store failures follow [`OnStoreError`]; fail
+    /// closed returns the error).
     pub async fn entitlement(
         &self,
         organization_id: &str,
         policy: &EntitlementPolicy,
     ) -> Result<Entitlement, StoreError> {
         let core = &self.core;
-        let key: Arc<str> = Arc::from(organization_id);
         let cached = core.cache.get(organization_id);
-        let now = core.clock.now();
         let subscriptions = match cached {
-            Some(cached) if now < cached.fresh_until => cached,
-            stale => core.load(key, stale).await?,
+            Some(cached) if cached.is_fresh(core.clock.now()) => cached,
+            stale => {
+                let key: Arc<str> = Arc::from(organization_id);
+                match Arc::clone(core).lookup(Arc::clone(&key), stale).await {
+                    Ok(subscriptions) => subscriptions,
+                    Err(LookupFailure::Open) => return Ok(Self::fail_open(policy, key)),
+                    Err(LookupFailure::Closed(error)) => return Err(error),
+                }
+            }
         };
         Ok(policy.decide_shared(subscriptions, core.clock.now()))
     }

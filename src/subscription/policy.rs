@@ -17,17 +17,37 @@ pub(crate) struct OrganizationSubscriptions {
     pub(crate) fresh_until: SystemTime,
     /// Usable after a failed re-read until this instant (serve-stale).
     pub(crate) stale_until: SystemTime,
+    /// Set once no invalidation raced the insert; until then readers treat
+    /// the entry as a miss.
+    pub(crate) confirmed: std::sync::atomic::AtomicBool,
 }
 
 impl OrganizationSubscriptions {
     /// Subscriptions that were not loaded through the cache.
+    /// Whether a cached copy may answer at `now` without a store read.
+    #[inline]
+    pub(crate) fn is_fresh(&self, now: SystemTime) -> bool {
+        now < self.fresh_until && self.confirmed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(crate) fn uncached(organization_id: Arc<str>, subscriptions: Vec<Subscription>) -> Self {
         Self {
             organization_id,
             subscriptions,
             fresh_until: SystemTime::UNIX_EPOCH,
             stale_until: SystemTime::UNIX_EPOCH,
+            confirmed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+}
+
+/// Orders ends, an open (unknown) end counting as the latest.
+fn by_end(a: Option<SystemTime>, b: Option<SystemTime>) -> Ordering {
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(a), Some(b)) => a.cmp(&b),
     }
 }
 
@@ -303,15 +323,9 @@ impl EntitlementPolicy {
             let better = match &best {
                 None => true,
                 Some((best_index, _, best_until)) => {
-                    // Open-ended beats any end; later beats earlier; then
-                    // the greater subscription id, so store order never matters.
-                    let by_end = match (until, best_until) {
-                        (None, None) => Ordering::Equal,
-                        (None, Some(_)) => Ordering::Greater,
-                        (Some(_), None) => Ordering::Less,
-                        (Some(a), Some(b)) => a.cmp(b),
-                    };
-                    by_end
+                    // Later end wins, then the greater subscription id, so
+                    // store order never matters.
+                    by_end(until, *best_until)
                         .then_with(|| {
                             subscription
                                 .subscription_id
@@ -341,8 +355,7 @@ impl EntitlementPolicy {
                     .iter()
                     .enumerate()
                     .max_by(|(_, a), (_, b)| {
-                        a.current_period_end
-                            .cmp(&b.current_period_end)
+                        by_end(a.current_period_end, b.current_period_end)
                             .then_with(|| a.subscription_id.cmp(&b.subscription_id))
                     })
                     .map(|(index, _)| index);
@@ -418,8 +431,9 @@ impl Entitlement {
     }
 
     /// The subscription that decided: when entitled, the entitling one that
-    /// lasts longest; otherwise the one with the latest period end. `None`
-    /// when the organization has none.
+    /// lasts longest; otherwise the one with the latest `current_period_end`.
+    /// Either way an unknown end counts as the latest, and ties go to the
+    /// greater `subscription_id`. `None` when the organization has none.
     pub fn subscription(&self) -> Option<&Subscription> {
         self.deciding
             .map(|index| &self.organization.subscriptions[index])

@@ -42,17 +42,27 @@ impl OrganizationResolver for FromSession {
 }
 
 /// The organization named by a request header (for example
-/// `x-organization-id` set by a trusted gateway). Empty or non-UTF-8 values
-/// count as missing.
+/// `x-organization-id` set by a trusted gateway). Empty, non-UTF-8 and
+/// over-long (128 characters by default) values count as missing.
 #[derive(Debug, Clone)]
 pub struct FromHeader {
     name: HeaderName,
+    max_length: usize,
 }
 
 impl FromHeader {
     /// Reads the header `name`.
     pub fn new(name: HeaderName) -> Self {
-        Self { name }
+        Self {
+            name,
+            max_length: 128,
+        }
+    }
+
+    /// Values longer than `max_length` characters count as missing.
+    pub fn max_length(mut self, max_length: usize) -> Self {
+        self.max_length = max_length;
+        self
     }
 }
 
@@ -62,7 +72,7 @@ impl OrganizationResolver for FromHeader {
             .get(&self.name)
             .and_then(|value| value.to_str().ok())
             .map(str::trim)
-            .filter(|value| !value.is_empty())
+            .filter(|value| !value.is_empty() && value.len() <= self.max_length)
             .map(Cow::Borrowed)
     }
 }

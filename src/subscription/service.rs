@@ -86,7 +86,7 @@ where
         let cached = core.cache.get(&*organization_id);
         let now = core.clock.now();
         let cached = match cached {
-            Some(cached) if now < cached.fresh_until => {
+            Some(cached) if cached.is_fresh(now) => {
                 // Cache hit: decide now, no allocation, no box.
                 let entitlement = state.policy.decide_shared(cached, now);
                 return match admit(entitlement, gated) {
@@ -109,10 +109,12 @@ where
             let entitlement = match lookup.await {
                 Ok(subscriptions) => policy.decide_shared(subscriptions, clock.now()),
                 Err(LookupFailure::Open) => Entitlements::fail_open(&policy, organization_id),
-                Err(LookupFailure::Closed) if gated => {
+                Err(LookupFailure::Closed(_)) if gated => {
                     return Err(Rejection::new(ErrorCode::StoreUnavailable));
                 }
-                Err(LookupFailure::Closed) => Entitlements::fail_closed(&policy, organization_id),
+                Err(LookupFailure::Closed(_)) => {
+                    Entitlements::fail_closed(&policy, organization_id)
+                }
             };
             let entitlement = admit(entitlement, gated)?;
             Ok((Admitted::Entitlement(entitlement), Decoration::default()))

@@ -93,8 +93,11 @@ impl SessionStore for ProbeStore {
 
     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
+        // Read first, then wait at the gate: a closed gate holds an answer
+        // that may go stale meanwhile.
+        let answer = self.inner.load(id).await;
         self.pass().await?;
-        self.inner.load(id).await
+        answer
     }
 
     async fn extend(
@@ -174,16 +177,19 @@ impl tower_saas_guard::subscription::SubscriptionStore for ProbeSubscriptions {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
+        // Read first, then wait at the gate: a closed gate holds an answer
+        // that may go stale meanwhile.
+        let answer = tower_saas_guard::subscription::SubscriptionStore::subscriptions(
+            &self.inner,
+            organization_id,
+        )
+        .await;
         let mut gate = self.gate.subscribe();
         let _ = gate.wait_for(|open| *open).await;
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::backend(InjectedFailure));
         }
-        tower_saas_guard::subscription::SubscriptionStore::subscriptions(
-            &self.inner,
-            organization_id,
-        )
-        .await
+        answer
     }
 
     async fn upsert(
