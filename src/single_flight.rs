@@ -6,24 +6,29 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-type Flight<V> = Shared<BoxFuture<'static, V>>;
-type Flights<K, V> = HashMap<K, (u64, Flight<V>)>;
+use crate::error::StoreError;
 
-/// Runs at most one future per key at a time; callers that arrive while it
-/// runs await the same result.
+type Outcome<T> = Result<T, StoreError>;
+type Flight<T> = Shared<BoxFuture<'static, Outcome<T>>>;
+type Flights<K, T> = HashMap<K, (u64, Flight<T>)>;
+
+/// Runs at most one store operation per key at a time; callers that arrive
+/// while it runs await the same result.
 ///
 /// The entry leaves the map only after the work finished, so work that
 /// publishes its result (into a cache) before finishing is seen by every
-/// caller that arrives afterwards.
-pub(crate) struct SingleFlight<K, V: Clone> {
-    in_flight: Arc<Mutex<Flights<K, V>>>,
+/// caller that arrives afterwards. Under a Tokio runtime the work runs as
+/// its own task, so it finishes (and leaves the map) even when every caller
+/// gave up on it, for example on a client disconnect.
+pub(crate) struct SingleFlight<K, T: Clone> {
+    in_flight: Arc<Mutex<Flights<K, T>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
-impl<K, V> SingleFlight<K, V>
+impl<K, T> SingleFlight<K, T>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
 {
     pub(crate) fn new() -> Self {
         Self {
@@ -33,7 +38,11 @@ where
     }
 
     /// Joins the flight for `key`, or starts one with `start()`.
-    pub(crate) fn run(&self, key: K, start: impl FnOnce() -> BoxFuture<'static, V>) -> Flight<V> {
+    pub(crate) fn run(
+        &self,
+        key: K,
+        start: impl FnOnce() -> BoxFuture<'static, Outcome<T>>,
+    ) -> Flight<T> {
         let mut in_flight = self
             .in_flight
             .lock()
@@ -47,7 +56,7 @@ where
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let flight = async move {
+        let landed = async move {
             let value = work.await;
             let mut in_flight = map.lock().unwrap_or_else(PoisonError::into_inner);
             // Remove this flight only: after `forget`, a newer one may hold the key.
@@ -58,9 +67,20 @@ where
                 in_flight.remove(&landing_key);
             }
             value
-        }
-        .boxed()
-        .shared();
+        };
+        let flight = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let task = runtime.spawn(landed);
+                async move {
+                    task.await
+                        .unwrap_or_else(|failed| Err(StoreError::backend(failed)))
+                }
+                .boxed()
+                .shared()
+            }
+            // No runtime to spawn on: the callers drive the work themselves.
+            Err(_) => landed.boxed().shared(),
+        };
         in_flight.insert(key, (id, flight.clone()));
         flight
     }
@@ -72,6 +92,14 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
+    }
+
+    /// [`forget`](Self::forget) for every key.
+    pub(crate) fn forget_all(&self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     #[cfg(test)]
@@ -101,7 +129,7 @@ mod tests {
             waiters.push(flights.run(7, move || {
                 async move {
                     let _ = gate.await;
-                    runs.fetch_add(1, Ordering::SeqCst) + 1
+                    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
                 }
                 .boxed()
             }));
@@ -109,10 +137,37 @@ mod tests {
         assert_eq!(flights.len(), 1);
         release.send(()).expect("gate receiver alive");
         for waiter in waiters {
-            assert_eq!(waiter.await, 1);
+            assert_eq!(waiter.await.expect("no store error"), 1);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_flight_every_caller_abandoned_still_finishes_and_leaves_the_map() {
+        let flights = SingleFlight::<u32, u32>::new();
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel::<()>();
+        let abandoned = flights.run(9, move || {
+            async move {
+                let _ = gate.await;
+                let _ = finished.send(());
+                Ok(9)
+            }
+            .boxed()
+        });
+        drop(abandoned);
+        assert_eq!(flights.len(), 1);
+        release.send(()).expect("gate receiver alive");
+        done.await.expect("the work ran to the end");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            flights.len(),
+            0,
+            "an abandoned flight must not stay in the map"
+        );
     }
 
     #[tokio::test]
@@ -122,7 +177,7 @@ mod tests {
         let old = flights.run(1, move || {
             async move {
                 let _ = gate.await;
-                1
+                Ok(1)
             }
             .boxed()
         });
@@ -131,16 +186,16 @@ mod tests {
         let new = flights.run(1, move || {
             async move {
                 let _ = gate_new.await;
-                2
+                Ok(2)
             }
             .boxed()
         });
         release.send(()).expect("gate receiver alive");
-        assert_eq!(old.await, 1);
+        assert_eq!(old.await.expect("no store error"), 1);
         assert_eq!(flights.len(), 1, "the newer flight is still registered");
-        assert_eq!(flights.run(1, || async { 3 }.boxed()).peek(), None);
+        assert!(flights.run(1, || async { Ok(3) }.boxed()).peek().is_none());
         release_new.send(()).expect("gate receiver alive");
-        assert_eq!(new.await, 2);
+        assert_eq!(new.await.expect("no store error"), 2);
         assert_eq!(flights.len(), 0);
     }
 }

@@ -997,3 +997,52 @@ async fn handle_get_reads_without_renewing() {
     let stranger = SessionToken::generate().expect("os randomness");
     assert!(handle.get(&stranger).await.expect("store").is_none());
 }
+
+#[tokio::test]
+async fn the_store_never_extends_a_record_that_has_already_expired() {
+    use tower_saas_guard::session::{MemorySessionStore, SessionRecord, SessionStore};
+    let store = MemorySessionStore::new();
+    let token = SessionToken::generate().expect("os randomness");
+    let expires_at = epoch() + 10 * SECOND;
+    store
+        .create(&SessionRecord {
+            id: token.id(),
+            organization_id: None,
+            created_at: epoch(),
+            expires_at,
+            payload: Value::Null,
+        })
+        .await
+        .expect("create");
+    let later = epoch() + 100 * SECOND;
+    // Alive at `now`: extended.
+    assert_eq!(
+        store
+            .extend(&token.id(), later, epoch() + 9 * SECOND)
+            .await
+            .expect("memory"),
+        Some(later)
+    );
+    // Never backwards.
+    assert_eq!(
+        store
+            .extend(&token.id(), epoch() + 50 * SECOND, epoch())
+            .await
+            .expect("memory"),
+        Some(later)
+    );
+    // Expired at `now`: unchanged, whatever the target.
+    let far = epoch() + 1000 * SECOND;
+    assert_eq!(
+        store.extend(&token.id(), far, later).await.expect("memory"),
+        Some(later)
+    );
+    let stranger = SessionToken::generate().expect("os randomness");
+    assert_eq!(
+        store
+            .extend(&stranger.id(), far, epoch())
+            .await
+            .expect("memory"),
+        None
+    );
+}

@@ -57,7 +57,7 @@ proptest! {
                     let mut seen = SystemTime::UNIX_EPOCH;
                     for ms in targets {
                         let target = epoch() + Duration::from_millis(ms);
-                        let now = store.extend(&token.id(), target).await
+                        let now = store.extend(&token.id(), target, epoch()).await
                             .expect("memory store").expect("record exists");
                         assert!(now >= target, "stored value below the request");
                         assert!(now >= seen, "expires_at moved backwards");

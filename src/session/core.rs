@@ -199,12 +199,13 @@ impl Hasher for TokenHasher {
 type SessionCache =
     moka::sync::Cache<SessionToken, Arc<SessionData>, BuildHasherDefault<TokenHasher>>;
 type LoadOutcome = Result<Option<Arc<SessionData>>, StoreError>;
+type Loaded = Option<Arc<SessionData>>;
 
 pub(crate) struct SessionCore {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) cache: SessionCache,
-    loads: SingleFlight<SessionToken, LoadOutcome>,
-    renewals: SingleFlight<SessionToken, LoadOutcome>,
+    loads: SingleFlight<SessionToken, Loaded>,
+    renewals: SingleFlight<SessionToken, Loaded>,
     pub(crate) config: SessionConfig,
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped by every revocation, so a load that raced one does not put
@@ -252,6 +253,12 @@ impl SessionCore {
         }
     }
 
+    /// Whether a cached copy may answer without a store read: confirmed,
+    /// and younger than the cache TTL.
+    fn is_trusted(&self, data: &SessionData, now: SystemTime) -> bool {
+        now < data.fresh_until && data.confirmed.load(Ordering::Acquire)
+    }
+
     /// `min(now + duration, created_at + absolute_lifetime)`, in whole ms.
     fn renewal_target(&self, data: &SessionData, now: SystemTime) -> SystemTime {
         let target = now + self.config.duration;
@@ -277,6 +284,8 @@ impl SessionCore {
     /// revocation that has already returned.
     fn cache_insert(&self, token: SessionToken, data: Arc<SessionData>, revocations_seen: u64) {
         if self.revocations.load(Ordering::SeqCst) != revocations_seen {
+            // Raced a revocation: drop whatever copy is cached, too.
+            self.cache.invalidate(&token);
             return;
         }
         self.cache.insert(token, Arc::clone(&data));
@@ -312,6 +321,11 @@ impl SessionCore {
                 Err(Rejection::new(ErrorCode::SessionExpired))
             }
             Verdict::Renew => match self.renew(token, Arc::clone(&data)).await {
+                Ok(Some(renewed)) if renewed.expires_at <= self.clock.now() => {
+                    // It expired before the write landed: expired stays expired.
+                    self.cache.invalidate(&token);
+                    Err(Rejection::new(ErrorCode::SessionExpired))
+                }
                 Ok(Some(renewed)) => {
                     let moved = renewed.expires_at > data.expires_at;
                     Ok((renewed, moved))
@@ -338,7 +352,8 @@ impl SessionCore {
         let flight = self.loads.run(token, move || {
             async move {
                 if let Some(current) = core.cache.get(&token) {
-                    if !stale.is_some_and(|stale| Arc::ptr_eq(&stale, &current)) {
+                    let seen_stale = stale.is_some_and(|stale| Arc::ptr_eq(&stale, &current));
+                    if !seen_stale && core.is_trusted(&current, core.clock.now()) {
                         return Ok(Some(current));
                     }
                 }
@@ -371,13 +386,14 @@ impl SessionCore {
                         return Ok(Some(current));
                     }
                 }
-                let target = core.renewal_target(&data, core.clock.now());
+                let now = core.clock.now();
+                let target = core.renewal_target(&data, now);
                 if target <= data.expires_at {
                     return Ok(Some(data));
                 }
                 let revocations_seen = core.revocations.load(Ordering::SeqCst);
                 match core
-                    .with_timeout(core.store.extend(&data.id, target))
+                    .with_timeout(core.store.extend(&data.id, target, now))
                     .await?
                 {
                     None => {
@@ -489,6 +505,10 @@ impl SessionHandle {
             .with_timeout(core.store.delete_by_organization(organization_id))
             .await;
         core.revocations.fetch_add(1, Ordering::SeqCst);
+        // Tokens of flights in progress are unknown by organization: let
+        // every new request start afresh.
+        core.loads.forget_all();
+        core.renewals.forget_all();
         let doomed: Vec<SessionToken> = core
             .cache
             .iter()

@@ -41,14 +41,17 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Loads a record, expired or not; `None` when there is none.
     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
 
-    /// Moves `expires_at` to `expires_at` **only if that is later** than the
-    /// stored value, atomically, and returns the stored value afterwards
-    /// (`None` when the record does not exist). Never moves it backwards,
-    /// whatever the interleaving of concurrent calls.
+    /// Moves the record's `expires_at` to `expires_at` **only if that is
+    /// later** than the stored value **and** the record is still alive at
+    /// `now` (stored `expires_at > now`), atomically; returns the stored
+    /// value afterwards (`None` when the record does not exist). Never moves
+    /// it backwards and never revives an expired session, whatever the
+    /// interleaving of concurrent calls.
     async fn extend(
         &self,
         id: &SessionId,
         expires_at: SystemTime,
+        now: SystemTime,
     ) -> Result<Option<SystemTime>, StoreError>;
 
     /// Deletes a record; returns whether one existed.
@@ -73,8 +76,9 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         &self,
         id: &SessionId,
         expires_at: SystemTime,
+        now: SystemTime,
     ) -> Result<Option<SystemTime>, StoreError> {
-        (**self).extend(id, expires_at).await
+        (**self).extend(id, expires_at, now).await
     }
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         (**self).delete(id).await
@@ -131,9 +135,10 @@ impl SessionStore for MemorySessionStore {
         &self,
         id: &SessionId,
         expires_at: SystemTime,
+        now: SystemTime,
     ) -> Result<Option<SystemTime>, StoreError> {
         Ok(self.records().get_mut(id).map(|record| {
-            if expires_at > record.expires_at {
+            if expires_at > record.expires_at && record.expires_at > now {
                 record.expires_at = expires_at;
             }
             record.expires_at

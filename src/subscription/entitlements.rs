@@ -45,7 +45,7 @@ pub(crate) struct EntitlementsCore {
     store: Arc<dyn SubscriptionStore>,
     pub(crate) cache:
         moka::sync::Cache<Arc<str>, Arc<OrganizationSubscriptions>, foldhash::fast::RandomState>,
-    loads: SingleFlight<Arc<str>, LoadOutcome>,
+    loads: SingleFlight<Arc<str>, Arc<OrganizationSubscriptions>>,
     config: EntitlementsConfig,
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped by every invalidation, so a load that raced one does not put
@@ -139,6 +139,8 @@ impl EntitlementsCore {
                     } else {
                         core.cache.invalidate(&*organization_id);
                     }
+                } else {
+                    core.cache.invalidate(&*organization_id);
                 }
                 Ok(loaded)
             }

@@ -104,13 +104,14 @@ impl SessionStore for ProbeStore {
         &self,
         id: &SessionId,
         expires_at: SystemTime,
+        now: SystemTime,
     ) -> Result<Option<SystemTime>, StoreError> {
         self.extends.fetch_add(1, Ordering::SeqCst);
         self.pass().await?;
         if self.fail_extend.load(Ordering::SeqCst) {
             return Err(StoreError::backend(InjectedFailure));
         }
-        self.inner.extend(id, expires_at).await
+        self.inner.extend(id, expires_at, now).await
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
