@@ -378,9 +378,14 @@ pub fn build_app(config: &Config, clock: impl Clock) -> Result<Router, String> {
         .build()
         .map_err(|error| format!("invalid subscription settings: {error}"))?;
     let policy = EntitlementPolicy::new();
-    let billing = config.webhook_secret.as_ref().map(|secret| {
-        BillingWebhook::new(WebhookVerifier::new(secret.expose()), entitlements.clone())
-    });
+    let billing = match &config.webhook_secret {
+        Some(secret) => {
+            let verifier = WebhookVerifier::try_new(secret.expose())
+                .map_err(|error| format!("invalid --webhook-secret: {error}"))?;
+            Some(BillingWebhook::new(verifier, entitlements.clone()))
+        }
+        None => None,
+    };
 
     // The visitor's organization is its session's (`FromSession`, the
     // default): the soft layer sits inside the session layer.

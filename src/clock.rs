@@ -189,14 +189,193 @@ pub fn unix_millis(at: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// `at` as an RFC 3339 UTC timestamp with milliseconds (`2026-11-24T01:16:06.123Z`).
+/// The last instant RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+fn latest_rfc3339() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(253_402_300_799_999)
+}
+
+/// `at` as an RFC 3339 UTC timestamp with milliseconds
+/// (`2026-11-24T01:16:06.123Z`); instants past year 9999 are written as
+/// its last millisecond, instants before 1970 as the epoch.
 pub fn rfc3339_millis(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(truncate_to_millis(at)).to_string()
+    let at = truncate_to_millis(at).min(latest_rfc3339());
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// A timestamp that is not RFC 3339 with an explicit offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid RFC 3339 timestamp {0:?}; expected e.g. 2026-11-24T01:16:06Z or 2026-11-24T02:16:06.5+01:00")]
+pub struct InvalidTimestamp(pub String);
+
+/// Parses an RFC 3339 timestamp: `YYYY-MM-DDTHH:MM:SS[.fraction]` followed
+/// by `Z` or a `±HH:MM` offset (required), as billing systems send them.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tower_saas_guard::parse_rfc3339;
+///
+/// let utc = parse_rfc3339("2026-01-01T00:00:00Z")?;
+/// assert_eq!(parse_rfc3339("2026-01-01T02:00:00+02:00")?, utc);
+/// assert_eq!(parse_rfc3339("2025-12-31T23:30:00.000-00:30")?, utc);
+/// assert_eq!(utc, UNIX_EPOCH + Duration::from_secs(1_767_225_600));
+/// assert!(parse_rfc3339("2026-01-01T00:00:00").is_err()); // no offset
+/// assert!(parse_rfc3339("2026-02-30T00:00:00Z").is_err());
+/// # Ok::<(), tower_saas_guard::InvalidTimestamp>(())
+/// ```
+pub fn parse_rfc3339(text: &str) -> Result<SystemTime, InvalidTimestamp> {
+    parse_rfc3339_parts(text.as_bytes()).ok_or_else(|| InvalidTimestamp(text.to_owned()))
+}
+
+fn parse_rfc3339_parts(text: &[u8]) -> Option<SystemTime> {
+    fn digits(text: &[u8], at: usize, count: usize) -> Option<i64> {
+        let field = text.get(at..at + count)?;
+        field.iter().try_fold(0i64, |value, &byte| {
+            byte.is_ascii_digit()
+                .then(|| value * 10 + i64::from(byte - b'0'))
+        })
+    }
+    let separator = |at: usize, expected: &[u8]| text.get(at).is_some_and(|b| expected.contains(b));
+    let (year, month, day) = (
+        digits(text, 0, 4)?,
+        digits(text, 5, 2)?,
+        digits(text, 8, 2)?,
+    );
+    let (hour, minute, second) = (
+        digits(text, 11, 2)?,
+        digits(text, 14, 2)?,
+        digits(text, 17, 2)?,
+    );
+    let shaped = separator(4, b"-")
+        && separator(7, b"-")
+        && separator(10, b"Tt")
+        && separator(13, b":")
+        && separator(16, b":");
+    if !shaped {
+        return None;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[usize::try_from(month - 1).ok()?]
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Fraction of a second, then the offset.
+    let mut at = 19;
+    let mut nanos = 0u32;
+    if separator(at, b".") {
+        at += 1;
+        let start = at;
+        while text.get(at).is_some_and(u8::is_ascii_digit) {
+            if at - start < 9 {
+                nanos = nanos * 10 + u32::from(text[at] - b'0');
+            }
+            at += 1;
+        }
+        let kept = (at - start).min(9);
+        if kept == 0 {
+            return None;
+        }
+        nanos *= 10u32.pow(u32::try_from(9 - kept).ok()?);
+    }
+    let offset_seconds = match text.get(at..)? {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), rest @ ..] if rest.len() == 5 && rest[2] == b':' => {
+            let (hours, minutes) = (digits(rest, 0, 2)?, digits(rest, 3, 2)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let magnitude = hours * 3600 + minutes * 60;
+            if *sign == b'+' {
+                magnitude
+            } else {
+                -magnitude
+            }
+        }
+        _ => return None,
+    };
+    // Days since the epoch of a proleptic Gregorian date (H. Hinnant).
+    let shifted_year = if month <= 2 { year - 1 } else { year };
+    let era = shifted_year.div_euclid(400);
+    let year_of_era = shifted_year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    let instant = if seconds >= 0 {
+        UNIX_EPOCH.checked_add(whole)?
+    } else {
+        UNIX_EPOCH.checked_sub(whole)?
+    };
+    instant.checked_add(Duration::from_nanos(u64::from(nanos)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_and_rejects_what_is_not_rfc3339() {
+        for millis in [0u64, 1, 999, 1_767_225_600_123, 253_402_300_799_999] {
+            let at = UNIX_EPOCH + Duration::from_millis(millis);
+            assert_eq!(parse_rfc3339(&rfc3339_millis(at)), Ok(at), "{millis}");
+        }
+        let expected = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        for text in [
+            "2000-02-29T00:00:00Z",
+            "2000-02-29t00:00:00z",
+            "2000-02-28T23:00:00-01:00",
+            "2000-02-29T05:30:00+05:30",
+            "2000-02-29T00:00:00.000000000000Z",
+        ] {
+            assert_eq!(parse_rfc3339(text), Ok(expected), "{text}");
+        }
+        assert_eq!(
+            parse_rfc3339("1969-12-31T23:59:59.5Z"),
+            Ok(UNIX_EPOCH - Duration::from_millis(500))
+        );
+        for text in [
+            "",
+            "2026-01-01",
+            "2026-01-01T00:00:00",
+            "2026-01-01 00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00+2:00",
+            "2026-01-01T00:00:00+24:00",
+            "2026-01-01T00:00:00Zjunk",
+            "２０２６-01-01T00:00:00Z",
+            "+002026-01-01T00:00:00Z",
+        ] {
+            assert!(parse_rfc3339(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_past_year_9999_are_written_as_its_last_millisecond() {
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339_millis(far), "9999-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn coarse_clock_stays_within_a_few_ticks_of_the_system_clock() {

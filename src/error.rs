@@ -48,6 +48,29 @@ pub enum ConfigError {
     /// The store timeout is zero, so every store call would time out.
     #[error("store timeout must be greater than zero")]
     ZeroStoreTimeout,
+    /// A duration is longer than 100 years: use the setting's "off" switch
+    /// (for example `no_absolute_lifetime`) instead of a huge value.
+    #[error("{setting} ({}) is longer than 100 years", humantime::format_duration(*value))]
+    DurationTooLong {
+        /// The setting's name.
+        setting: &'static str,
+        /// The configured value.
+        value: Duration,
+    },
+    /// The webhook secret is empty, so anyone could sign webhooks.
+    #[error("the webhook secret must not be empty")]
+    EmptyWebhookSecret,
+}
+
+/// The longest duration any setting accepts.
+pub(crate) const MAX_SETTING: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Checks that every `(name, value)` is at most 100 years.
+pub(crate) fn check_durations(settings: &[(&'static str, Duration)]) -> Result<(), ConfigError> {
+    match settings.iter().find(|(_, value)| *value > MAX_SETTING) {
+        Some(&(setting, value)) => Err(ConfigError::DurationTooLong { setting, value }),
+        None => Ok(()),
+    }
 }
 
 /// What went wrong in a store operation.
@@ -125,12 +148,9 @@ impl fmt::Debug for StoreError {
 }
 
 impl fmt::Display for StoreError {
+    /// The message alone; the driver's error is the [`source`](StdError::source).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
+        f.write_str(self.message)
     }
 }
 
@@ -150,6 +170,10 @@ pub(crate) async fn with_timeout<T>(
     operation: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     if tokio::runtime::Handle::try_current().is_err() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("no Tokio runtime: store calls run without their timeout");
+        });
         return operation.await;
     }
     tokio::time::timeout(timeout, operation)

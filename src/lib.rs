@@ -48,7 +48,10 @@
 //! |---|---|
 //! | `axum` | [`Session`](session::Session), [`Entitlement`](subscription::Entitlement) and their `Option`s as axum extractors |
 //!
-//! The core needs only tower, http, moka, serde and a Tokio timer.
+//! Without features the crate depends on tower, http, moka, serde and
+//! serde_json, futures-util, pin-project-lite, async-trait, Tokio's timer,
+//! sha2/hmac/getrandom (tokens and webhook signatures), humantime,
+//! coarsetime, foldhash and tracing.
 #![deny(missing_docs, unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -67,10 +70,20 @@ pub mod subscription;
 mod axum;
 
 pub use crate::body::GuardBody;
-pub use crate::clock::{rfc3339_millis, unix_millis, Clock, CoarseClock, ManualClock, SystemClock};
+pub use crate::clock::{
+    parse_rfc3339, rfc3339_millis, unix_millis, Clock, CoarseClock, InvalidTimestamp, ManualClock,
+    SystemClock,
+};
 pub use crate::error::{ConfigError, StoreError, StoreErrorKind};
-pub use crate::rejection::{problem_json, ErrorCode, Rejection, RejectionResponder};
+pub use crate::rejection::{
+    grpc_response, problem_json, problem_response, ErrorCode, Rejection, RejectionResponder,
+};
 pub use crate::request::RequestHead;
 
 #[cfg(feature = "axum")]
 pub use crate::axum::MissingExtension;
+
+/// The type name of a value, for `Debug` of pluggable behaviour (closures).
+pub(crate) fn type_name_of<T>(_: &T) -> &'static str {
+    std::any::type_name::<T>()
+}

@@ -125,6 +125,7 @@ impl Rejection {
     }
 
     /// Replaces the human-readable detail.
+    #[must_use]
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
         self.detail = detail.into();
         self
@@ -168,6 +169,7 @@ impl<T: RejectionResponder + ?Sized> RejectionResponder for Arc<T> {
 /// The default rejection builder: gRPC trailers-only responses for gRPC
 /// callers, RFC 9457 problem+json for everyone else; `Retry-After` on 503.
 #[derive(Debug, Clone, Copy)]
+#[must_use]
 pub struct DefaultResponder {
     retry_after: Duration,
 }
@@ -223,7 +225,7 @@ pub fn problem_response(rejection: &Rejection) -> Response<Bytes> {
 
 /// An RFC 9457 `application/problem+json` response with a `code` member.
 ///
-/// `type` is `about:blank`-style: a stable URN built from the code
+/// `type` is a stable URN built from the code
 /// (`urn:tower-saas-guard:problem:<code>`), so clients can match on either.
 ///
 /// ```

@@ -68,8 +68,14 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .map(|value| {
-            let value = value.as_bytes();
-            value.starts_with(b"application/grpc") && !value.starts_with(b"application/grpc-web")
+            // Media types are case-insensitive.
+            let starts = |prefix: &[u8]| {
+                value
+                    .as_bytes()
+                    .get(..prefix.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+            };
+            starts(b"application/grpc") && !starts(b"application/grpc-web")
         })
         .unwrap_or(false)
 }

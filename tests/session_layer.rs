@@ -960,6 +960,21 @@ fn invalid_configuration_is_an_error_at_build_time() {
         build(|b| b.store_timeout(Duration::ZERO)),
         Some(ConfigError::ZeroStoreTimeout)
     );
+    type Configure = fn(
+        tower_saas_guard::session::SessionRefreshBuilder,
+    ) -> tower_saas_guard::session::SessionRefreshBuilder;
+    let too_long: [Configure; 4] = [
+        |b| b.absolute_lifetime(Duration::MAX),
+        |b| b.duration(Duration::from_secs(200 * 365 * 86_400)),
+        |b| b.cache_ttl(Duration::MAX),
+        |b| b.expired_retention(Duration::MAX),
+    ];
+    for configure in too_long {
+        assert!(matches!(
+            build(configure),
+            Some(ConfigError::DurationTooLong { .. })
+        ));
+    }
     // The seed product's demonstration settings are expressible.
     assert_eq!(
         build(|b| b.duration(10 * SECOND).refresh_threshold(5 * SECOND)),

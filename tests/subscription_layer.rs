@@ -654,5 +654,13 @@ fn invalid_entitlement_settings_are_errors_at_build_time() {
         build(|b| b.store_timeout(Duration::ZERO)),
         Some(ConfigError::ZeroStoreTimeout)
     );
+    assert!(matches!(
+        build(|b| b.positive_ttl(Duration::MAX)),
+        Some(ConfigError::DurationTooLong { .. })
+    ));
+    assert!(matches!(
+        build(|b| b.on_store_error(OnStoreError::ServeStale(Duration::MAX))),
+        Some(ConfigError::DurationTooLong { .. })
+    ));
     assert_eq!(build(|b| b), None);
 }

@@ -83,6 +83,33 @@ fn active_and_trialing_entitle_by_default() {
 }
 
 #[test]
+fn a_trial_ends_at_the_earlier_of_its_trial_end_and_period_end() {
+    let policy = EntitlementPolicy::new();
+    let trial = |period_end, trial_end| Subscription {
+        trial_end,
+        ..subscription("s", Trialing, "pro", period_end)
+    };
+    let decision = policy.decide(
+        "org_1",
+        vec![trial(Some(now() + 9 * DAY), Some(now() + DAY))],
+        now(),
+    );
+    assert!(decision.is_entitled());
+    assert_eq!(decision.valid_until(), Some(now() + DAY));
+    for (period_end, trial_end) in [(None, Some(now())), (Some(now() + DAY), Some(now() - DAY))] {
+        let (entitled, reason, _) = decide(&policy, vec![trial(period_end, trial_end)]);
+        assert!(!entitled);
+        assert_eq!(reason, EntitlementReason::PeriodEnded);
+    }
+    // `trial_end` means nothing once the subscription is active.
+    let active = Subscription {
+        trial_end: Some(now() - DAY),
+        ..subscription("s", Active, "pro", None)
+    };
+    assert!(decide(&policy, vec![active]).0);
+}
+
+#[test]
 fn an_active_subscription_whose_period_ended_does_not_entitle() {
     let policy = EntitlementPolicy::new();
     for end in [now(), now() - Duration::from_secs(1)] {
@@ -164,9 +191,9 @@ fn not_entitled_reports_the_subscription_with_the_latest_period_end() {
         assert_eq!(decision.status(), Some(Unpaid));
         assert_eq!(decision.reason(), EntitlementReason::StatusNotEntitling);
     }
-    // An unknown end counts as the latest, as it does among entitling ones.
+    // One without a period end counts as the earliest here.
     let mut with_open_end = subscriptions;
-    with_open_end.push(subscription("sub_3", Incomplete, "pro", None));
+    with_open_end.push(subscription("sub_9", Incomplete, "pro", None));
     for order in [
         with_open_end.clone(),
         with_open_end.into_iter().rev().collect(),
@@ -174,9 +201,8 @@ fn not_entitled_reports_the_subscription_with_the_latest_period_end() {
         let decision = policy.decide("org_1", order, now());
         assert_eq!(
             decision.subscription().map(|s| s.subscription_id.as_str()),
-            Some("sub_3")
+            Some("sub_2")
         );
-        assert_eq!(decision.status(), Some(Incomplete));
     }
 }
 
@@ -196,6 +222,12 @@ fn past_due_entitles_only_within_a_configured_grace() {
     let (entitled, reason, _) = decide(&short, past_due);
     assert!(!entitled);
     assert_eq!(reason, EntitlementReason::PeriodEnded);
+
+    // A grace too long to add to the end never ends (and never panics).
+    let forever = EntitlementPolicy::new().past_due_grace(Duration::MAX);
+    let decision = forever.decide("org_1", vec![subscription("s", PastDue, "pro", end)], now());
+    assert!(decision.is_entitled());
+    assert_eq!(decision.valid_until(), None);
 
     // Without a known period end there is nothing to count the grace from.
     assert!(!decide(&generous, vec![subscription("s", PastDue, "pro", None)]).0);

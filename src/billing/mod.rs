@@ -76,7 +76,8 @@ impl SubscriptionEvent {
             ("subscription_id", &event.subscription_id),
             ("plan", &event.plan),
         ] {
-            if value.trim().is_empty() {
+            let value = value.trim();
+            if value.is_empty() {
                 return Err(PayloadError::Empty(field));
             }
             if value.chars().count() > MAX_ID_CHARS {
@@ -108,7 +109,7 @@ mod rfc3339 {
         deserializer: D,
     ) -> Result<Option<SystemTime>, D::Error> {
         Option::<String>::deserialize(deserializer)?
-            .map(|text| humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom))
+            .map(|text| crate::clock::parse_rfc3339(&text).map_err(serde::de::Error::custom))
             .transpose()
     }
 }
@@ -140,7 +141,7 @@ pub enum WebhookError {
     #[error(transparent)]
     Payload(#[from] PayloadError),
     /// The subscription store failed.
-    #[error("could not store the subscription change: {0}")]
+    #[error("could not store the subscription change")]
     Store(#[source] StoreError),
 }
 

@@ -62,13 +62,26 @@ pub struct WebhookVerifier {
 impl WebhookVerifier {
     /// A verifier for webhooks signed with `secret`, accepting a `t` up to
     /// 5 minutes from now in either direction.
+    ///
+    /// # Panics
+    /// When `secret` is empty (anyone could sign): use
+    /// [`try_new`](Self::try_new) for a secret read from configuration.
     #[must_use]
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        Self::try_new(secret).expect("the webhook secret must not be empty")
+    }
+
+    /// A verifier for webhooks signed with `secret`, or
+    /// [`ConfigError::EmptyWebhookSecret`](crate::ConfigError::EmptyWebhookSecret).
+    pub fn try_new(secret: impl Into<Vec<u8>>) -> Result<Self, crate::ConfigError> {
         let secret = secret.into();
-        Self {
+        if secret.is_empty() {
+            return Err(crate::ConfigError::EmptyWebhookSecret);
+        }
+        Ok(Self {
             keyed_mac: Hmac::new_from_slice(&secret).expect("HMAC accepts keys of any length"),
             tolerance: DEFAULT_TOLERANCE,
-        }
+        })
     }
 
     /// Sets how far the signed timestamp `t` may be from now, in either
@@ -636,6 +649,15 @@ mod tests {
             verifier().verify_header(Some(&header), b"{}", at(1_700_000_000)),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused() {
+        assert_eq!(
+            WebhookVerifier::try_new("").err(),
+            Some(crate::ConfigError::EmptyWebhookSecret)
+        );
+        assert!(WebhookVerifier::try_new("s").is_ok());
     }
 
     #[test]

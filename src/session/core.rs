@@ -69,7 +69,8 @@ impl Session {
         self.data.expires_at
     }
 
-    /// Whether this request renewed the session.
+    /// Whether the session was extended while this request was handled
+    /// (by this request, or by a concurrent one it waited for).
     pub fn renewed(&self) -> bool {
         self.renewed
     }
@@ -93,7 +94,8 @@ impl fmt::Debug for Session {
             .field("created_at", &self.data.created_at)
             .field("expires_at", &self.data.expires_at)
             .field("renewed", &self.renewed)
-            .field("payload", &self.data.payload)
+            // The payload is the application's (often personal data).
+            .field("payload", &"<redacted>")
             .finish()
     }
 }
@@ -263,7 +265,11 @@ impl SessionCore {
     fn renewal_target(&self, data: &SessionData, now: SystemTime) -> SystemTime {
         let target = now + self.config.duration;
         let capped = match self.config.absolute_lifetime {
-            Some(lifetime) => target.min(data.created_at + lifetime),
+            // A stored `created_at` too far out to add to means no cap.
+            Some(lifetime) => data
+                .created_at
+                .checked_add(lifetime)
+                .map_or(target, |cap| target.min(cap)),
             None => target,
         };
         truncate_to_millis(capped)

@@ -13,8 +13,9 @@ use super::service::SessionRefresh;
 use super::source::{HeaderSource, TokenSource};
 use super::store::SessionStore;
 use crate::clock::{Clock, CoarseClock};
-use crate::error::ConfigError;
+use crate::error::{check_durations, ConfigError};
 use crate::rejection::{DefaultResponder, RejectionResponder};
+use crate::type_name_of;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -100,6 +101,17 @@ impl SessionRefreshBuilder {
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<SessionRefreshLayer, ConfigError> {
         let config = &self.config;
+        check_durations(&[
+            ("duration", config.duration),
+            ("refresh_threshold", config.refresh_threshold),
+            (
+                "absolute_lifetime",
+                config.absolute_lifetime.unwrap_or_default(),
+            ),
+            ("cache_ttl", config.cache_ttl),
+            ("expired_retention", config.expired_retention),
+            ("store_timeout", config.store_timeout),
+        ])?;
         if config.duration.is_zero() {
             return Err(ConfigError::ZeroDuration);
         }
@@ -151,6 +163,7 @@ impl fmt::Debug for SessionRefreshBuilder {
 
 /// What every service of one layer shares: the session core and this
 /// layer's pluggable behaviour.
+#[derive(Clone)]
 pub(crate) struct LayerState {
     pub(crate) core: Arc<SessionCore>,
     pub(crate) source: Arc<dyn TokenSource>,
@@ -159,20 +172,6 @@ pub(crate) struct LayerState {
     activity_name: &'static str,
     pub(crate) responder: Arc<dyn RejectionResponder>,
     responder_name: &'static str,
-}
-
-impl LayerState {
-    fn rebuilt(&self) -> Self {
-        Self {
-            core: Arc::clone(&self.core),
-            source: Arc::clone(&self.source),
-            source_name: self.source_name,
-            activity: Arc::clone(&self.activity),
-            activity_name: self.activity_name,
-            responder: Arc::clone(&self.responder),
-            responder_name: self.responder_name,
-        }
-    }
 }
 
 impl fmt::Debug for LayerState {
@@ -234,7 +233,7 @@ impl SessionRefreshLayer {
 
     /// Where requests carry their token (default: the `x-session-id` header).
     pub fn token_source(self, source: impl TokenSource) -> Self {
-        let mut state = self.state.rebuilt();
+        let mut state = LayerState::clone(&self.state);
         state.source_name = type_name_of(&source);
         state.source = Arc::new(source);
         Self {
@@ -244,7 +243,7 @@ impl SessionRefreshLayer {
 
     /// Which requests count as activity (default: every request).
     pub fn activity(self, rule: impl ActivityRule) -> Self {
-        let mut state = self.state.rebuilt();
+        let mut state = LayerState::clone(&self.state);
         state.activity_name = type_name_of(&rule);
         state.activity = Arc::new(rule);
         Self {
@@ -260,17 +259,13 @@ impl SessionRefreshLayer {
 
     /// Replaces the builder of rejection responses.
     pub fn responder(self, responder: impl RejectionResponder) -> Self {
-        let mut state = self.state.rebuilt();
+        let mut state = LayerState::clone(&self.state);
         state.responder_name = type_name_of(&responder);
         state.responder = Arc::new(responder);
         Self {
             state: Arc::new(state),
         }
     }
-}
-
-fn type_name_of<T>(_: &T) -> &'static str {
-    type_name::<T>()
 }
 
 impl fmt::Debug for SessionRefreshLayer {

@@ -158,6 +158,7 @@ impl SameSite {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct CookieSource {
     name: String,
     path: String,
@@ -191,14 +192,21 @@ impl CookieSource {
     }
 
     /// Sets the cookie's `Path` (default `/`).
+    ///
+    /// # Panics
+    /// When `path` holds `;`, `,`, whitespace or control characters (it
+    /// could not be sent, or would inject attributes): a programming error.
     pub fn path(mut self, path: impl Into<String>) -> Self {
-        self.path = path.into();
+        self.path = cookie_attribute("path", path.into());
         self
     }
 
     /// Sets the cookie's `Domain` (default: none, host-only).
+    ///
+    /// # Panics
+    /// As [`path`](Self::path), for the domain.
     pub fn domain(mut self, domain: impl Into<String>) -> Self {
-        self.domain = Some(domain.into());
+        self.domain = Some(cookie_attribute("domain", domain.into()));
         self
     }
 
@@ -234,18 +242,19 @@ impl CookieSource {
         }
         cookie.push_str("; SameSite=");
         cookie.push_str(self.same_site.as_str());
-        HeaderValue::from_str(&cookie).unwrap_or_else(|_| {
-            // Path or Domain held bytes a header cannot carry: send the
-            // cookie without them rather than none at all.
-            HeaderValue::from_str(&format!(
-                "{}={}; Max-Age={}; Path=/; HttpOnly; Secure; SameSite=Lax",
-                self.name,
-                token,
-                max_age.as_secs()
-            ))
-            .expect("cookie name and token are header-safe")
-        })
+        HeaderValue::from_str(&cookie)
+            .expect("name, path and domain were checked; token and numbers are header-safe")
     }
+}
+
+fn cookie_attribute(what: &str, value: String) -> String {
+    assert!(
+        value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b','),
+        "cookie {what} {value:?} holds characters a Set-Cookie attribute cannot carry"
+    );
+    value
 }
 
 impl fmt::Debug for CookieSource {
@@ -262,6 +271,9 @@ impl fmt::Debug for CookieSource {
 
 impl TokenSource for CookieSource {
     fn token(&self, head: &RequestHead<'_>) -> Result<SessionToken, TokenError> {
+        // Browsers may send several cookies of one name (set for different
+        // paths): the first that is a token counts.
+        let mut outcome = Err(TokenError::Missing);
         for header in head.headers().get_all(COOKIE) {
             for pair in header.as_bytes().split(|&b| b == b';') {
                 let pair = trim_spaces(pair);
@@ -273,11 +285,14 @@ impl TokenSource for CookieSource {
                     if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
                         value = &value[1..value.len() - 1];
                     }
-                    return Ok(SessionToken::parse_bytes(value)?);
+                    match SessionToken::parse_bytes(value) {
+                        Ok(token) => return Ok(token),
+                        Err(_) => outcome = Err(TokenError::Malformed),
+                    }
                 }
             }
         }
-        Err(TokenError::Missing)
+        outcome
     }
 
     fn on_renewal(

@@ -12,8 +12,9 @@ use crate::error::StoreError;
 
 /// A session as a store keeps it.
 ///
-/// Holds the hash of the token (`id`), never the token itself.
-#[derive(Debug, Clone, PartialEq)]
+/// Holds the hash of the token (`id`), never the token itself. `Debug`
+/// leaves the payload out (it often holds personal data).
+#[derive(Clone, PartialEq)]
 pub struct SessionRecord {
     /// SHA-256 of the session token.
     pub id: SessionId,
@@ -25,6 +26,18 @@ pub struct SessionRecord {
     pub expires_at: SystemTime,
     /// The application's payload (for example a visitor's name and e-mail).
     pub payload: Value,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("id", &self.id)
+            .field("organization_id", &self.organization_id)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("payload", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Where sessions live: implement this to put them in your own database.

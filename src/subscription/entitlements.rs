@@ -13,7 +13,7 @@ use super::model::{Subscription, SubscriptionStatus};
 use super::policy::{Entitlement, EntitlementPolicy, EntitlementReason, OrganizationSubscriptions};
 use super::store::SubscriptionStore;
 use crate::clock::{Clock, CoarseClock};
-use crate::error::{ConfigError, StoreError};
+use crate::error::{check_durations, ConfigError, StoreError};
 use crate::single_flight::SingleFlight;
 
 /// What the subscription layers do when the store fails or times out.
@@ -341,6 +341,16 @@ impl EntitlementsBuilder {
         if config.store_timeout.is_zero() {
             return Err(ConfigError::ZeroStoreTimeout);
         }
+        let stale = match config.on_store_error {
+            OnStoreError::ServeStale(window) => window,
+            _ => Duration::ZERO,
+        };
+        check_durations(&[
+            ("positive_ttl", config.positive_ttl),
+            ("negative_ttl", config.negative_ttl),
+            ("store_timeout", config.store_timeout),
+            ("serve-stale window", stale),
+        ])?;
         let stale_window = match config.on_store_error {
             OnStoreError::ServeStale(window) => window,
             _ => Duration::ZERO,

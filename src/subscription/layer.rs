@@ -12,6 +12,7 @@ use super::resolver::{FromSession, OrganizationResolver};
 use super::service::SubscriptionGate;
 use crate::rejection::{DefaultResponder, RejectionResponder};
 use crate::request::RequestHead;
+use crate::type_name_of;
 
 /// Decides which requests a [`RequireSubscriptionLayer`] gates (rejects
 /// when not entitled); the others only get the [`Entitlement`](super::Entitlement).
@@ -52,6 +53,7 @@ impl GatePredicate for GateNone {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct GateState {
     pub(crate) entitlements: Entitlements,
     pub(crate) policy: EntitlementPolicy,
@@ -81,35 +83,22 @@ impl GateState {
         }
     }
 
-    fn rebuilt(&self) -> Self {
-        Self {
-            entitlements: self.entitlements.clone(),
-            policy: self.policy.clone(),
-            gate: Arc::clone(&self.gate),
-            gate_name: self.gate_name,
-            resolver: Arc::clone(&self.resolver),
-            resolver_name: self.resolver_name,
-            responder: Arc::clone(&self.responder),
-            responder_name: self.responder_name,
-        }
-    }
-
     fn with_gate(&self, gate: impl GatePredicate) -> Self {
-        let mut state = self.rebuilt();
+        let mut state = self.clone();
         state.gate_name = type_name_of(&gate);
         state.gate = Arc::new(gate);
         state
     }
 
     fn with_resolver(&self, resolver: impl OrganizationResolver) -> Self {
-        let mut state = self.rebuilt();
+        let mut state = self.clone();
         state.resolver_name = type_name_of(&resolver);
         state.resolver = Arc::new(resolver);
         state
     }
 
     fn with_responder(&self, responder: impl RejectionResponder) -> Self {
-        let mut state = self.rebuilt();
+        let mut state = self.clone();
         state.responder_name = type_name_of(&responder);
         state.responder = Arc::new(responder);
         state
@@ -125,10 +114,6 @@ impl fmt::Debug for GateState {
             .field("responder", &self.responder_name)
             .finish()
     }
-}
-
-fn type_name_of<T>(_: &T) -> &'static str {
-    type_name::<T>()
 }
 
 /// Lets a request through only when its organization is entitled; others

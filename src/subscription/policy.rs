@@ -23,13 +23,13 @@ pub(crate) struct OrganizationSubscriptions {
 }
 
 impl OrganizationSubscriptions {
-    /// Subscriptions that were not loaded through the cache.
     /// Whether a cached copy may answer at `now` without a store read.
     #[inline]
     pub(crate) fn is_fresh(&self, now: SystemTime) -> bool {
         now < self.fresh_until && self.confirmed.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Subscriptions that were not loaded through the cache.
     pub(crate) fn uncached(organization_id: Arc<str>, subscriptions: Vec<Subscription>) -> Self {
         Self {
             organization_id,
@@ -41,7 +41,7 @@ impl OrganizationSubscriptions {
     }
 }
 
-/// Orders ends, an open (unknown) end counting as the latest.
+/// Orders entitlement ends, an open (unknown) end lasting longest.
 fn by_end(a: Option<SystemTime>, b: Option<SystemTime>) -> Ordering {
     match (a, b) {
         (None, None) => Ordering::Equal,
@@ -105,7 +105,7 @@ impl fmt::Display for EntitlementReason {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct PolicyRules {
     past_due_grace: Option<Duration>,
     canceled_until_period_end: bool,
@@ -162,15 +162,7 @@ impl EntitlementPolicy {
     }
 
     fn edit(mut self, change: impl FnOnce(&mut PolicyRules)) -> Self {
-        let mut rules = PolicyRules {
-            past_due_grace: self.rules.past_due_grace,
-            canceled_until_period_end: self.rules.canceled_until_period_end,
-            required_plans: self.rules.required_plans.clone(),
-            plan_features: self.rules.plan_features.clone(),
-            required_features: self.rules.required_features.clone(),
-        };
-        change(&mut rules);
-        self.rules = Arc::new(rules);
+        change(Arc::make_mut(&mut self.rules));
         self
     }
 
@@ -229,23 +221,29 @@ impl EntitlementPolicy {
         let period_end = subscription.current_period_end;
         let (reason, until) = match subscription.status {
             SubscriptionStatus::Active | SubscriptionStatus::Trialing => {
-                if period_end.is_some_and(|end| end <= now) {
+                let (reason, end) = if subscription.status == SubscriptionStatus::Active {
+                    (EntitlementReason::Active, period_end)
+                } else {
+                    // A trial ends at the earlier of its trial end and period end.
+                    let end = match (period_end, subscription.trial_end) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    (EntitlementReason::Trialing, end)
+                };
+                if end.is_some_and(|end| end <= now) {
                     return Err(EntitlementReason::PeriodEnded);
                 }
-                let reason = if subscription.status == SubscriptionStatus::Active {
-                    EntitlementReason::Active
-                } else {
-                    EntitlementReason::Trialing
-                };
-                (reason, period_end)
+                (reason, end)
             }
             SubscriptionStatus::PastDue => match (rules.past_due_grace, period_end) {
                 (Some(grace), Some(end)) => {
-                    let until = end + grace;
-                    if until <= now {
+                    // A grace too long to add to the end has no end.
+                    let until = end.checked_add(grace);
+                    if until.is_some_and(|until| until <= now) {
                         return Err(EntitlementReason::PeriodEnded);
                     }
-                    (EntitlementReason::PastDueGrace, Some(until))
+                    (EntitlementReason::PastDueGrace, until)
                 }
                 _ => return Err(EntitlementReason::StatusNotEntitling),
             },
@@ -348,14 +346,16 @@ impl EntitlementPolicy {
                 policy: self.clone(),
             },
             None => {
-                // Report the subscription with the latest period end (ties:
-                // the greater id), and why it does not entitle.
+                // Report the subscription with the latest `current_period_end`
+                // (one without any counts as earliest; ties: the greater
+                // id), and why it does not entitle.
                 let shown = organization
                     .subscriptions
                     .iter()
                     .enumerate()
                     .max_by(|(_, a), (_, b)| {
-                        by_end(a.current_period_end, b.current_period_end)
+                        a.current_period_end
+                            .cmp(&b.current_period_end)
                             .then_with(|| a.subscription_id.cmp(&b.subscription_id))
                     })
                     .map(|(index, _)| index);
@@ -431,9 +431,10 @@ impl Entitlement {
     }
 
     /// The subscription that decided: when entitled, the entitling one that
-    /// lasts longest; otherwise the one with the latest `current_period_end`.
-    /// Either way an unknown end counts as the latest, and ties go to the
-    /// greater `subscription_id`. `None` when the organization has none.
+    /// lasts longest (an open end lasting longest); otherwise the one with
+    /// the latest `current_period_end` (one without counting as earliest).
+    /// Ties go to the greater `subscription_id`. `None` when the
+    /// organization has none.
     pub fn subscription(&self) -> Option<&Subscription> {
         self.deciding
             .map(|index| &self.organization.subscriptions[index])

@@ -45,6 +45,7 @@ impl OrganizationResolver for FromSession {
 /// `x-organization-id` set by a trusted gateway). Empty, non-UTF-8 and
 /// over-long (128 characters by default) values count as missing.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct FromHeader {
     name: HeaderName,
     max_length: usize,
