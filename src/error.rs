@@ -62,6 +62,10 @@ pub enum ConfigError {
     EmptyWebhookSecret,
 }
 
+/// After a store failure, how long a stale answer (or a deferred renewal) is
+/// kept before the store is tried again.
+pub(crate) const STORE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The longest duration any setting accepts.
 pub(crate) const MAX_SETTING: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 

@@ -839,7 +839,7 @@ async fn hanging_store_is_cut_off_by_the_timeout() {
 }
 
 #[tokio::test]
-async fn failed_renewal_lets_the_still_valid_session_through_and_retries_later() {
+async fn failed_renewal_lets_the_still_valid_session_through_and_retries_a_second_later() {
     let fixture = Fixture::new();
     let token = fixture.create().await;
     let service = echo_service(fixture.layer.clone());
@@ -853,10 +853,21 @@ async fn failed_renewal_lets_the_still_valid_session_through_and_retries_later()
     assert_eq!(answer.body["renewed"], false);
     assert_eq!(expires_header(&answer), rfc3339_millis(epoch() + 24 * HOUR));
 
+    // While the store is down, the write is retried once a second, not on
+    // every request.
+    for _ in 0..3 {
+        fixture.clock.advance(Duration::from_millis(300));
+        let answer = send(&service, with_token(&token)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body["renewed"], false);
+    }
+    assert_eq!(fixture.store.extends(), 1);
+
     fixture
         .store
         .fail_extend
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    fixture.clock.advance(Duration::from_millis(200));
     let answer = send(&service, with_token(&token)).await;
     assert_eq!(answer.body["renewed"], true);
     assert_eq!(fixture.store.extends(), 2);

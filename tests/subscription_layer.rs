@@ -493,6 +493,49 @@ async fn serve_stale_keeps_the_last_answer_for_a_bounded_window() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn while_the_store_hangs_serve_stale_tries_it_once_a_second_not_per_request() {
+    let fixture = Fixture::with(|builder| {
+        builder
+            .positive_ttl(60 * SECOND)
+            .store_timeout(Duration::from_millis(500))
+            .on_store_error(OnStoreError::ServeStale(300 * SECOND))
+    });
+    fixture
+        .store_subscription(SubscriptionStatus::Active, None)
+        .await;
+    let service = echo(fixture.require());
+    assert_eq!(
+        send(&service, for_org("org_1")).await.status,
+        StatusCode::OK
+    );
+
+    fixture
+        .store
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    fixture.clock.advance(61 * SECOND);
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        send(&service, for_org("org_1")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(500), "one timeout");
+    for _ in 0..5 {
+        fixture.clock.advance(Duration::from_millis(150));
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            send(&service, for_org("org_1")).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO, "served from the cache");
+    }
+    assert_eq!(fixture.store.reads(), 2);
+    fixture.clock.advance(Duration::from_millis(300));
+    send(&service, for_org("org_1")).await;
+    assert_eq!(fixture.store.reads(), 3, "tried again after a second");
+}
+
 #[tokio::test]
 async fn fail_open_lets_requests_through_marked_as_such() {
     let fixture = Fixture::with(|builder| builder.on_store_error(OnStoreError::FailOpen));

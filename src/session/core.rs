@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::store::{SessionRecord, SessionStore};
 use super::token::{SessionId, SessionToken};
 use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
-use crate::error::StoreError;
+use crate::error::{StoreError, STORE_RETRY_INTERVAL};
 use crate::rejection::{ErrorCode, Rejection};
 use crate::single_flight::SingleFlight;
 
@@ -132,6 +132,21 @@ impl SessionData {
             expires_header: expires_header(record.expires_at),
             expires_at: record.expires_at,
             payload: Arc::new(record.payload),
+        }
+    }
+
+    /// The same copy, not due for renewal before `retry_at`.
+    fn with_renewal_deferred(&self, retry_at: SystemTime) -> Self {
+        Self {
+            id: self.id,
+            organization_id: self.organization_id.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            payload: Arc::clone(&self.payload),
+            expires_header: self.expires_header.clone(),
+            renew_after: retry_at.max(self.renew_after),
+            fresh_until: self.fresh_until,
+            confirmed: AtomicBool::new(false),
         }
     }
 
@@ -339,8 +354,19 @@ impl SessionCore {
                 Ok(None) => Err(Rejection::new(ErrorCode::SessionNotFound)),
                 Err(error) => {
                     // The session is still valid: let the request through on
-                    // its current expiry; the next request retries the write.
+                    // its current expiry, and retry the write in a second
+                    // rather than on every request while the store is down.
                     tracing::warn!(session = %data.id, %error, "session renewal failed");
+                    let revocations_seen = self.revocations.load(Ordering::SeqCst);
+                    let still_cached = self
+                        .cache
+                        .get(&token)
+                        .is_some_and(|current| Arc::ptr_eq(&current, &data));
+                    if still_cached {
+                        let retry_at = self.clock.now() + STORE_RETRY_INTERVAL;
+                        let deferred = Arc::new(data.with_renewal_deferred(retry_at));
+                        self.cache_insert(token, deferred, revocations_seen);
+                    }
                     Ok((data, false))
                 }
             },

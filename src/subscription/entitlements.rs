@@ -13,7 +13,7 @@ use super::model::{Subscription, SubscriptionStatus};
 use super::policy::{Entitlement, EntitlementPolicy, EntitlementReason, OrganizationSubscriptions};
 use super::store::SubscriptionStore;
 use crate::clock::{Clock, CoarseClock};
-use crate::error::{check_durations, ConfigError, StoreError};
+use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVAL};
 use crate::single_flight::SingleFlight;
 
 /// What the subscription layers do when the store fails or times out.
@@ -24,7 +24,8 @@ pub enum OnStoreError {
     /// a non-entitled decision (reason `store_unavailable`). The default.
     FailClosed,
     /// Keep deciding from the last subscriptions loaded, for at most this
-    /// long past their cache TTL; then fail closed.
+    /// long past their cache TTL; then fail closed. While the store is
+    /// down it is tried again at most once a second per organization.
     ServeStale(Duration),
     /// Treat the organization as entitled (reason `fail_open`).
     FailOpen,
@@ -76,19 +77,59 @@ impl EntitlementsCore {
         organization_id: Arc<str>,
         cached: Option<Arc<OrganizationSubscriptions>>,
     ) -> Result<Arc<OrganizationSubscriptions>, LookupFailure> {
-        match self.load(organization_id, cached.clone()).await {
+        let invalidations_seen = self.invalidations.load(Ordering::SeqCst);
+        match self
+            .load(Arc::clone(&organization_id), cached.clone())
+            .await
+        {
             Ok(loaded) => Ok(loaded),
             Err(error) => {
                 tracing::warn!(%error, "subscription store unavailable");
                 match self.config.on_store_error {
                     OnStoreError::FailOpen => Err(LookupFailure::Open),
                     OnStoreError::ServeStale(_) => match cached {
-                        Some(cached) if self.clock.now() < cached.stale_until => Ok(cached),
+                        Some(cached) if self.clock.now() < cached.stale_until => {
+                            // Serve the stale copy from the cache for a while,
+                            // so a down store costs one timeout per interval,
+                            // not one per request.
+                            let retry_at =
+                                (self.clock.now() + STORE_RETRY_INTERVAL).min(cached.stale_until);
+                            let deferred = Arc::new(OrganizationSubscriptions {
+                                organization_id: Arc::clone(&organization_id),
+                                subscriptions: cached.subscriptions.clone(),
+                                fresh_until: retry_at,
+                                stale_until: cached.stale_until,
+                                confirmed: AtomicBool::new(false),
+                            });
+                            self.insert_guarded(organization_id, deferred, invalidations_seen);
+                            Ok(cached)
+                        }
                         _ => Err(LookupFailure::Closed(error)),
                     },
                     OnStoreError::FailClosed => Err(LookupFailure::Closed(error)),
                 }
             }
+        }
+    }
+
+    /// Caches `loaded`, trusted only if no invalidation happened since
+    /// `invalidations_seen` (see the session cache's `cache_insert`).
+    fn insert_guarded(
+        &self,
+        organization_id: Arc<str>,
+        loaded: Arc<OrganizationSubscriptions>,
+        invalidations_seen: u64,
+    ) {
+        if self.invalidations.load(Ordering::SeqCst) != invalidations_seen {
+            self.cache.invalidate(&*organization_id);
+            return;
+        }
+        self.cache
+            .insert(Arc::clone(&organization_id), Arc::clone(&loaded));
+        if self.invalidations.load(Ordering::SeqCst) == invalidations_seen {
+            loaded.confirmed.store(true, Ordering::Release);
+        } else {
+            self.cache.invalidate(&*organization_id);
         }
     }
 
@@ -130,18 +171,8 @@ impl EntitlementsCore {
                 });
                 // Inserted unconfirmed, confirmed only if no invalidation
                 // raced the read: no reader trusts data read before an
-                // `invalidate` that has returned (see the session cache).
-                if core.invalidations.load(Ordering::SeqCst) == invalidations_seen {
-                    core.cache
-                        .insert(Arc::clone(&organization_id), Arc::clone(&loaded));
-                    if core.invalidations.load(Ordering::SeqCst) == invalidations_seen {
-                        loaded.confirmed.store(true, Ordering::Release);
-                    } else {
-                        core.cache.invalidate(&*organization_id);
-                    }
-                } else {
-                    core.cache.invalidate(&*organization_id);
-                }
+                // `invalidate` that has returned.
+                core.insert_guarded(organization_id, Arc::clone(&loaded), invalidations_seen);
                 Ok(loaded)
             }
             .boxed()
