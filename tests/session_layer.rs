@@ -1072,3 +1072,46 @@ async fn the_store_never_extends_a_record_that_has_already_expired() {
         None
     );
 }
+
+#[tokio::test]
+async fn unknown_and_expired_tokens_are_rejected_alike_from_every_source() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let stranger = SessionToken::generate().expect("os randomness");
+    let sources: [(SessionRefreshLayer, &str, fn(&SessionToken) -> String); 3] = [
+        (fixture.layer.clone(), "x-session-id", |t| t.to_string()),
+        (
+            fixture.layer.clone().token_source(BearerSource),
+            "authorization",
+            |t| format!("Bearer {t}"),
+        ),
+        (
+            fixture.layer.clone().token_source(CookieSource::new("sid")),
+            "cookie",
+            |t| format!("sid={t}"),
+        ),
+    ];
+    let request = |name: &str, value: String| {
+        Request::builder()
+            .header(name, value)
+            .body(())
+            .expect("valid request")
+    };
+    for (layer, name, present) in &sources {
+        let service = echo_service(layer.clone());
+        assert_rejected(
+            &send(&service, request(name, present(&stranger))).await,
+            "session_not_found",
+        );
+    }
+    fixture.clock.advance(24 * HOUR);
+    for (layer, name, present) in &sources {
+        let service = echo_service(layer.clone());
+        assert_rejected(
+            &send(&service, request(name, present(&token))).await,
+            "session_expired",
+        );
+    }
+    assert_eq!(fixture.store.inner.len(), 1, "nothing created");
+    assert_eq!(fixture.store.extends(), 0);
+}
