@@ -1078,7 +1078,8 @@ async fn unknown_and_expired_tokens_are_rejected_alike_from_every_source() {
     let fixture = Fixture::new();
     let token = fixture.create().await;
     let stranger = SessionToken::generate().expect("os randomness");
-    let sources: [(SessionRefreshLayer, &str, fn(&SessionToken) -> String); 3] = [
+    type Present = fn(&SessionToken) -> String;
+    let sources: [(SessionRefreshLayer, &str, Present); 3] = [
         (fixture.layer.clone(), "x-session-id", |t| t.to_string()),
         (
             fixture.layer.clone().token_source(BearerSource),
