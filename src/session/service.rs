@@ -84,7 +84,7 @@ where
         let cached = core.cache.get(&token);
         let cached = match cached {
             Some(data) if core.classify(&data, core.clock.now(), activity) == Verdict::Valid => {
-                // Cache hit with nothing to write: no allocation, no box.
+                // Cache hit with nothing to write: no store, no boxed future.
                 let decoration = Decoration {
                     expires_header: Some(data.expires_header.clone()),
                     renewal_header: None,

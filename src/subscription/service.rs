@@ -87,7 +87,7 @@ where
         let now = core.clock.now();
         let cached = match cached {
             Some(cached) if cached.is_fresh(now) => {
-                // Cache hit: decide now, no allocation, no box.
+                // Cache hit: decide now; no store, no boxed future.
                 let entitlement = state.policy.decide_shared(cached, now);
                 return match admit(entitlement, gated) {
                     Ok(entitlement) => {
