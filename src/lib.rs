@@ -60,6 +60,7 @@ mod body;
 mod clock;
 mod error;
 mod future;
+mod generations;
 pub mod rejection;
 mod request;
 pub mod session;

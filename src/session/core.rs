@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +18,7 @@ use super::store::{SessionRecord, SessionStore};
 use super::token::{SessionId, SessionToken};
 use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
 use crate::error::{StoreError, STORE_RETRY_INTERVAL};
+use crate::generations::Generations;
 use crate::rejection::{ErrorCode, Rejection};
 use crate::single_flight::SingleFlight;
 
@@ -225,9 +226,9 @@ pub(crate) struct SessionCore {
     renewals: SingleFlight<SessionToken, Loaded>,
     pub(crate) config: SessionConfig,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Bumped by every revocation, so a load that raced one does not put
-    /// the revoked record back into the cache.
-    revocations: AtomicU64,
+    /// Bumped by revocations (per stripe of tokens), so a load that raced
+    /// one does not put the revoked record back into the cache.
+    revocations: Generations,
 }
 
 impl SessionCore {
@@ -248,7 +249,7 @@ impl SessionCore {
             renewals: SingleFlight::new(),
             config,
             clock,
-            revocations: AtomicU64::new(0),
+            revocations: Generations::new(),
         }
     }
 
@@ -304,13 +305,13 @@ impl SessionCore {
     /// invalidates it itself. So no reader ever trusts a copy read before a
     /// revocation that has already returned.
     fn cache_insert(&self, token: SessionToken, data: Arc<SessionData>, revocations_seen: u64) {
-        if self.revocations.load(Ordering::SeqCst) != revocations_seen {
+        if self.revocations.current(token.hash_prefix()) != revocations_seen {
             // Raced a revocation: drop whatever copy is cached, too.
             self.cache.invalidate(&token);
             return;
         }
         self.cache.insert(token, Arc::clone(&data));
-        if self.revocations.load(Ordering::SeqCst) == revocations_seen {
+        if self.revocations.current(token.hash_prefix()) == revocations_seen {
             data.confirmed.store(true, Ordering::Release);
         } else {
             self.cache.invalidate(&token);
@@ -357,7 +358,7 @@ impl SessionCore {
                     // its current expiry, and retry the write in a second
                     // rather than on every request while the store is down.
                     tracing::warn!(session = %data.id, %error, "session renewal failed");
-                    let revocations_seen = self.revocations.load(Ordering::SeqCst);
+                    let revocations_seen = self.revocations.current(token.hash_prefix());
                     let still_cached = self
                         .cache
                         .get(&token)
@@ -389,7 +390,7 @@ impl SessionCore {
                         return Ok(Some(current));
                     }
                 }
-                let revocations_seen = core.revocations.load(Ordering::SeqCst);
+                let revocations_seen = core.revocations.current(token.hash_prefix());
                 let record = core.with_timeout(core.store.load(&token.id())).await?;
                 Ok(record.map(|record| {
                     let now = core.clock.now();
@@ -423,7 +424,7 @@ impl SessionCore {
                 if target <= data.expires_at {
                     return Ok(Some(data));
                 }
-                let revocations_seen = core.revocations.load(Ordering::SeqCst);
+                let revocations_seen = core.revocations.current(token.hash_prefix());
                 match core
                     .with_timeout(core.store.extend(&data.id, target, now))
                     .await?
@@ -501,7 +502,7 @@ impl SessionHandle {
             expires_at,
             payload,
         };
-        let revocations_seen = core.revocations.load(Ordering::SeqCst);
+        let revocations_seen = core.revocations.current(token.hash_prefix());
         core.with_timeout(core.store.create(&record)).await?;
         let created = CreatedSession {
             token,
@@ -522,7 +523,7 @@ impl SessionHandle {
     pub async fn revoke(&self, token: &SessionToken) -> Result<bool, StoreError> {
         let core = &self.core;
         let existed = core.with_timeout(core.store.delete(&token.id())).await;
-        core.revocations.fetch_add(1, Ordering::SeqCst);
+        core.revocations.bump(token.hash_prefix());
         core.loads.forget(token);
         core.renewals.forget(token);
         core.cache.invalidate(token);
@@ -536,7 +537,8 @@ impl SessionHandle {
         let deleted = core
             .with_timeout(core.store.delete_by_organization(organization_id))
             .await;
-        core.revocations.fetch_add(1, Ordering::SeqCst);
+        // Which tokens belong to the organization is not known here.
+        core.revocations.bump_all();
         // Tokens of flights in progress are unknown by organization: let
         // every new request start afresh.
         core.loads.forget_all();

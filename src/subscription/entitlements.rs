@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +14,7 @@ use super::policy::{Entitlement, EntitlementPolicy, EntitlementReason, Organizat
 use super::store::SubscriptionStore;
 use crate::clock::{Clock, CoarseClock};
 use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVAL};
+use crate::generations::Generations;
 use crate::single_flight::SingleFlight;
 
 /// What the subscription layers do when the store fails or times out.
@@ -51,7 +52,9 @@ pub(crate) struct EntitlementsCore {
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped by every invalidation, so a load that raced one does not put
     /// what it read before the change back into the cache.
-    invalidations: AtomicU64,
+    invalidations: Generations,
+    /// Hashes organization ids to their stripe of `invalidations`.
+    stripe_hasher: foldhash::fast::RandomState,
 }
 
 /// Why a lookup produced no subscriptions to decide from.
@@ -77,7 +80,7 @@ impl EntitlementsCore {
         organization_id: Arc<str>,
         cached: Option<Arc<OrganizationSubscriptions>>,
     ) -> Result<Arc<OrganizationSubscriptions>, LookupFailure> {
-        let invalidations_seen = self.invalidations.load(Ordering::SeqCst);
+        let invalidations_seen = self.invalidations.current(self.stripe(&organization_id));
         match self
             .load(Arc::clone(&organization_id), cached.clone())
             .await
@@ -112,6 +115,10 @@ impl EntitlementsCore {
         }
     }
 
+    fn stripe(&self, organization_id: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.stripe_hasher, organization_id)
+    }
+
     /// Caches `loaded`, trusted only if no invalidation happened since
     /// `invalidations_seen` (see the session cache's `cache_insert`).
     fn insert_guarded(
@@ -120,13 +127,14 @@ impl EntitlementsCore {
         loaded: Arc<OrganizationSubscriptions>,
         invalidations_seen: u64,
     ) {
-        if self.invalidations.load(Ordering::SeqCst) != invalidations_seen {
+        let stripe = self.stripe(&organization_id);
+        if self.invalidations.current(stripe) != invalidations_seen {
             self.cache.invalidate(&*organization_id);
             return;
         }
         self.cache
             .insert(Arc::clone(&organization_id), Arc::clone(&loaded));
-        if self.invalidations.load(Ordering::SeqCst) == invalidations_seen {
+        if self.invalidations.current(stripe) == invalidations_seen {
             loaded.confirmed.store(true, Ordering::Release);
         } else {
             self.cache.invalidate(&*organization_id);
@@ -148,7 +156,7 @@ impl EntitlementsCore {
                         return Ok(current);
                     }
                 }
-                let invalidations_seen = core.invalidations.load(Ordering::SeqCst);
+                let invalidations_seen = core.invalidations.current(core.stripe(&organization_id));
                 let subscriptions = core
                     .with_timeout(core.store.subscriptions(&organization_id))
                     .await?;
@@ -246,7 +254,7 @@ impl Entitlements {
     /// request reads the store.
     pub fn invalidate(&self, organization_id: &str) {
         let core = &self.core;
-        core.invalidations.fetch_add(1, Ordering::SeqCst);
+        core.invalidations.bump(core.stripe(organization_id));
         core.loads.forget(&Arc::from(organization_id));
         core.cache.invalidate(organization_id);
     }
@@ -399,7 +407,8 @@ impl EntitlementsBuilder {
                 loads: SingleFlight::new(),
                 config: self.config,
                 clock: self.clock,
-                invalidations: AtomicU64::new(0),
+                invalidations: Generations::new(),
+                stripe_hasher: foldhash::fast::RandomState::default(),
             }),
         })
     }
