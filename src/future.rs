@@ -78,6 +78,40 @@ struct Pending<S, ReqBody> {
     responder: Arc<dyn RejectionResponder>,
 }
 
+impl<S, ReqBody> Pending<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    /// Polls the decision; once admitted, puts what was learned into the
+    /// request and calls the inner service. Kept out of line: the hot path
+    /// (a cache hit) never comes here.
+    #[cold]
+    #[inline(never)]
+    fn poll_decision(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(S::Future, Decoration), Response<Bytes>>> {
+        let decision = ready!(self.decision.as_mut().poll(cx));
+        let mut request = self
+            .request
+            .take()
+            .expect("ResponseFuture polled after it completed");
+        Poll::Ready(match decision {
+            Ok((admitted, decoration)) => {
+                let extensions = request.extensions_mut();
+                match admitted {
+                    Admitted::Session(session) => extensions.insert(session).map(drop),
+                    Admitted::Entitlement(entitlement) => extensions.insert(entitlement).map(drop),
+                };
+                Ok((self.inner.call(request), decoration))
+            }
+            Err(rejection) => Err(self
+                .responder
+                .respond(&rejection, &RequestHead::of(&request))),
+        })
+    }
+}
+
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
@@ -128,36 +162,6 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Deciding { pending } => {
-                    let Pending {
-                        decision,
-                        request,
-                        inner,
-                        responder,
-                    } = &mut **pending;
-                    let decision = ready!(decision.as_mut().poll(cx));
-                    let mut request = request
-                        .take()
-                        .expect("ResponseFuture polled after it completed");
-                    match decision {
-                        Ok((admitted, decoration)) => {
-                            let extensions = request.extensions_mut();
-                            match admitted {
-                                Admitted::Session(session) => extensions.insert(session).map(drop),
-                                Admitted::Entitlement(entitlement) => {
-                                    extensions.insert(entitlement).map(drop)
-                                }
-                            };
-                            let future = inner.call(request);
-                            this.state.set(State::Calling { future, decoration });
-                        }
-                        Err(rejection) => {
-                            let response =
-                                responder.respond(&rejection, &RequestHead::of(&request));
-                            return Poll::Ready(Ok(response.map(GuardBody::rejection)));
-                        }
-                    }
-                }
                 StateProj::Calling { future, decoration } => {
                     let mut response = ready!(future.poll(cx))?;
                     let headers = response.headers_mut();
@@ -170,6 +174,12 @@ where
                     }
                     return Poll::Ready(Ok(response.map(GuardBody::inner)));
                 }
+                StateProj::Deciding { pending } => match ready!(pending.poll_decision(cx)) {
+                    Ok((future, decoration)) => {
+                        this.state.set(State::Calling { future, decoration });
+                    }
+                    Err(response) => return Poll::Ready(Ok(response.map(GuardBody::rejection))),
+                },
                 StateProj::Rejected { response } => {
                     let response = response
                         .take()
