@@ -71,6 +71,10 @@ pin_project! {
     }
 }
 
+/// The slow path's outcome: the inner call under way (and what to add to
+/// its response), or the rejection to send.
+type Admission<F> = Result<(F, Decoration), Response<Bytes>>;
+
 struct Pending<S, ReqBody> {
     decision: Decision,
     request: Option<Request<ReqBody>>,
@@ -87,10 +91,7 @@ where
     /// (a cache hit) never comes here.
     #[cold]
     #[inline(never)]
-    fn poll_decision(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(S::Future, Decoration), Response<Bytes>>> {
+    fn poll_decision(&mut self, cx: &mut Context<'_>) -> Poll<Admission<S::Future>> {
         let decision = ready!(self.decision.as_mut().poll(cx));
         let mut request = self
             .request
