@@ -41,11 +41,12 @@ static DECODE: [u8; 256] = {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SessionToken([u8; TOKEN_BYTES]);
+pub struct SessionToken([u8; TOKEN_CHARS]);
 
 impl std::hash::Hash for SessionToken {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // 64 of the 256 random bits are plenty for a hash table.
+        // 48 random bits of the first 8 characters, mixed: plenty for a
+        // hash table.
         state.write_u64(self.hash_prefix());
     }
 }
@@ -62,7 +63,7 @@ impl SessionToken {
     pub fn generate() -> Result<Self, getrandom::Error> {
         let mut bytes = [0u8; TOKEN_BYTES];
         getrandom::fill(&mut bytes)?;
-        Ok(Self(bytes))
+        Ok(Self(encode(&bytes)))
     }
 
     /// Parses a token's text form, checking its exact shape.
@@ -70,67 +71,64 @@ impl SessionToken {
         Self::parse_bytes(text.as_bytes())
     }
 
-    /// Parses a token from raw header bytes, checking its exact shape.
+    /// Parses a token from raw header bytes, checking its exact shape:
+    /// 43 characters of the base64url alphabet, canonically encoded.
     pub fn parse_bytes(text: &[u8]) -> Result<Self, MalformedToken> {
-        let text: &[u8; TOKEN_CHARS] = text.try_into().map_err(|_| MalformedToken)?;
-        // Hand-rolled base64url decoding of a fixed 43-character shape:
-        // this runs on every request, ahead of the cache lookup.
-        let (groups, tail) = text.split_at(40);
-        let mut bytes = [0u8; TOKEN_BYTES];
-        let mut invalid = 0u8;
-        for (out, chunk) in bytes.chunks_exact_mut(3).zip(groups.chunks_exact(4)) {
-            let [a, b, c, d] =
-                [chunk[0], chunk[1], chunk[2], chunk[3]].map(|ch| DECODE[usize::from(ch)]);
-            invalid |= a | b | c | d;
-            let bits =
-                (u32::from(a) << 18) | (u32::from(b) << 12) | (u32::from(c) << 6) | u32::from(d);
-            out.copy_from_slice(&bits.to_be_bytes()[1..]);
+        let text: [u8; TOKEN_CHARS] = text.try_into().map_err(|_| MalformedToken)?;
+        // Runs on every request, ahead of the cache lookup: a branch-free
+        // check of every byte, no decoding.
+        let all_in_alphabet = text.iter().fold(true, |ok, &byte| {
+            ok & (byte.is_ascii_alphanumeric() | (byte == b'-') | (byte == b'_'))
+        });
+        // The last character carries 4 bits of the 32nd byte and 2 spare
+        // bits, which a canonical encoding leaves at zero.
+        let canonical = DECODE[usize::from(text[TOKEN_CHARS - 1])] & 0b11 == 0;
+        if all_in_alphabet && canonical {
+            Ok(Self(text))
+        } else {
+            Err(MalformedToken)
         }
-        let [a, b, c] = [tail[0], tail[1], tail[2]].map(|ch| DECODE[usize::from(ch)]);
-        invalid |= a | b | c;
-        let bits = (u32::from(a) << 12) | (u32::from(b) << 6) | u32::from(c);
-        bytes[30] = (bits >> 10) as u8;
-        bytes[31] = (bits >> 2) as u8;
-        // Any byte outside the alphabet maps to 0xff; a canonical encoding
-        // leaves the last character's two spare bits at zero.
-        if invalid & 0xc0 != 0 || bits & 0b11 != 0 {
-            return Err(MalformedToken);
-        }
-        Ok(Self(bytes))
     }
 
-    /// The identifier stores key this session by: SHA-256 of the token.
+    /// The identifier stores key this session by: SHA-256 of the token's
+    /// text (the 43 characters the client presents).
     pub fn id(&self) -> SessionId {
         SessionId(Sha256::digest(self.0).into())
     }
 
-    /// The first eight bytes, used as the in-process cache's hash.
+    /// The in-process cache's hash: the first eight characters (48 random
+    /// bits), spread over all 64 bits by a Fibonacci multiplication.
     pub(crate) fn hash_prefix(&self) -> u64 {
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&self.0[..8]);
-        u64::from_le_bytes(prefix)
+        u64::from_le_bytes(prefix).wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 }
 
 impl fmt::Display for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = [0u8; TOKEN_CHARS];
-        let sextet = |bits: u32, shift: u32| ALPHABET[((bits >> shift) & 0x3f) as usize];
-        for group in 0..10 {
-            let at = group * 3;
-            let bits = (u32::from(self.0[at]) << 16)
-                | (u32::from(self.0[at + 1]) << 8)
-                | u32::from(self.0[at + 2]);
-            for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-                text[group * 4 + i] = sextet(bits, shift);
-            }
-        }
-        let bits = (u32::from(self.0[30]) << 10) | (u32::from(self.0[31]) << 2);
-        text[40] = sextet(bits, 12);
-        text[41] = sextet(bits, 6);
-        text[42] = sextet(bits, 0);
-        f.write_str(std::str::from_utf8(&text).expect("the base64url alphabet is ASCII"))
+        f.write_str(std::str::from_utf8(&self.0).expect("a parsed token is ASCII"))
     }
+}
+
+/// base64url without padding of 32 bytes: 43 characters.
+fn encode(bytes: &[u8; TOKEN_BYTES]) -> [u8; TOKEN_CHARS] {
+    let mut text = [0u8; TOKEN_CHARS];
+    let sextet = |bits: u32, shift: u32| ALPHABET[((bits >> shift) & 0x3f) as usize];
+    for group in 0..10 {
+        let at = group * 3;
+        let bits = (u32::from(bytes[at]) << 16)
+            | (u32::from(bytes[at + 1]) << 8)
+            | u32::from(bytes[at + 2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            text[group * 4 + i] = sextet(bits, shift);
+        }
+    }
+    let bits = (u32::from(bytes[30]) << 10) | (u32::from(bytes[31]) << 2);
+    text[40] = sextet(bits, 12);
+    text[41] = sextet(bits, 6);
+    text[42] = sextet(bits, 0);
+    text
 }
 
 impl fmt::Debug for SessionToken {
@@ -244,15 +242,15 @@ mod tests {
         let mut bytes = [0u8; TOKEN_BYTES];
         bytes[..6].copy_from_slice(b"foobar");
         bytes[31] = 0xff;
-        let token = SessionToken(bytes);
+        let token = SessionToken(encode(&bytes));
         let text = token.to_string();
         assert!(text.starts_with("Zm9vYmFy"), "{text}");
         assert!(text.ends_with("AP8"), "{text}");
-        let all_ones = SessionToken([0xff; TOKEN_BYTES]).to_string();
+        let all_ones = SessionToken(encode(&[0xff; TOKEN_BYTES])).to_string();
         assert_eq!(all_ones, format!("{}8", "_".repeat(42)));
         assert_eq!(
-            SessionToken::parse(&all_ones),
-            Ok(SessionToken([0xff; TOKEN_BYTES]))
+            SessionToken::parse(&all_ones).map(|t| t.to_string()),
+            Ok(all_ones.clone())
         );
         // The same bits with a spare bit set in the last character are not canonical.
         assert_eq!(
@@ -269,7 +267,8 @@ mod tests {
     fn session_id_is_sha256_of_the_token_and_round_trips_as_hex() {
         let token = SessionToken::generate().expect("os randomness");
         let id = token.id();
-        let expected: [u8; 32] = Sha256::digest(token.0).into();
+        // Of the token as the client presents it (its 43 characters).
+        let expected: [u8; 32] = Sha256::digest(token.to_string().as_bytes()).into();
         assert_eq!(id.as_bytes(), &expected);
         let hex = id.to_string();
         assert_eq!(hex.len(), 64);
