@@ -1,7 +1,9 @@
 //! Change counters that let a cache tell whether what it just read may
 //! already be out of date.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 const STRIPES: usize = 64;
 
@@ -42,6 +44,44 @@ impl Generations {
             stripe.fetch_add(1, Ordering::SeqCst);
         }
     }
+
+    /// Caches `value` for `key` unless its stripe moved since `seen` (when
+    /// it was read from the store).
+    ///
+    /// The entry goes in unconfirmed and is confirmed only if no change
+    /// happened meanwhile; a change that comes after the insert invalidates
+    /// it itself. So no reader ever trusts a copy read before a revocation
+    /// or invalidation that has already returned.
+    pub(crate) fn insert_unless_changed<K, V, S>(
+        &self,
+        cache: &moka::sync::Cache<K, Arc<V>, S>,
+        key: K,
+        key_hash: u64,
+        value: Arc<V>,
+        seen: u64,
+    ) where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Confirmed + Send + Sync + 'static,
+        S: BuildHasher + Clone + Send + Sync + 'static,
+    {
+        if self.current(key_hash) != seen {
+            // Raced a change: drop whatever copy is cached, too.
+            cache.invalidate(&key);
+            return;
+        }
+        cache.insert(key.clone(), Arc::clone(&value));
+        if self.current(key_hash) == seen {
+            value.confirmed().store(true, Ordering::Release);
+        } else {
+            cache.invalidate(&key);
+        }
+    }
+}
+
+/// A cached value with the flag [`Generations::insert_unless_changed`] sets
+/// once nothing raced its insert; readers trust only confirmed values.
+pub(crate) trait Confirmed {
+    fn confirmed(&self) -> &AtomicBool;
 }
 
 #[cfg(test)]

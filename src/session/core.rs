@@ -18,7 +18,7 @@ use super::store::{SessionRecord, SessionStore};
 use super::token::{SessionId, SessionToken};
 use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
 use crate::error::{StoreError, STORE_RETRY_INTERVAL};
-use crate::generations::Generations;
+use crate::generations::{Confirmed, Generations};
 use crate::rejection::{ErrorCode, Rejection};
 use crate::single_flight::SingleFlight;
 
@@ -166,6 +166,12 @@ impl SessionData {
     }
 }
 
+impl Confirmed for SessionData {
+    fn confirmed(&self) -> &AtomicBool {
+        &self.confirmed
+    }
+}
+
 fn renew_after(expires_at: SystemTime, config: &SessionConfig) -> SystemTime {
     expires_at
         .checked_sub(config.refresh_threshold)
@@ -298,24 +304,16 @@ impl SessionCore {
         crate::error::with_timeout(self.config.store_timeout, operation).await
     }
 
-    /// Caches `data` unless a revocation happened since `revocations_seen`.
-    ///
-    /// The entry goes in unconfirmed and is confirmed only if no revocation
-    /// happened meanwhile; a revocation that comes after the insert
-    /// invalidates it itself. So no reader ever trusts a copy read before a
-    /// revocation that has already returned.
+    /// Caches `data` unless a revocation of its token happened since
+    /// `revocations_seen`.
     fn cache_insert(&self, token: SessionToken, data: Arc<SessionData>, revocations_seen: u64) {
-        if self.revocations.current(token.hash_prefix()) != revocations_seen {
-            // Raced a revocation: drop whatever copy is cached, too.
-            self.cache.invalidate(&token);
-            return;
-        }
-        self.cache.insert(token, Arc::clone(&data));
-        if self.revocations.current(token.hash_prefix()) == revocations_seen {
-            data.confirmed.store(true, Ordering::Release);
-        } else {
-            self.cache.invalidate(&token);
-        }
+        self.revocations.insert_unless_changed(
+            &self.cache,
+            token,
+            token.hash_prefix(),
+            data,
+            revocations_seen,
+        );
     }
 
     /// The slow path: load (unless `seen` is fresh and only needs a

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -119,8 +119,8 @@ impl EntitlementsCore {
         std::hash::BuildHasher::hash_one(&self.stripe_hasher, organization_id)
     }
 
-    /// Caches `loaded`, trusted only if no invalidation happened since
-    /// `invalidations_seen` (see the session cache's `cache_insert`).
+    /// Caches `loaded` unless its organization was invalidated since
+    /// `invalidations_seen`.
     fn insert_guarded(
         &self,
         organization_id: Arc<str>,
@@ -128,17 +128,13 @@ impl EntitlementsCore {
         invalidations_seen: u64,
     ) {
         let stripe = self.stripe(&organization_id);
-        if self.invalidations.current(stripe) != invalidations_seen {
-            self.cache.invalidate(&*organization_id);
-            return;
-        }
-        self.cache
-            .insert(Arc::clone(&organization_id), Arc::clone(&loaded));
-        if self.invalidations.current(stripe) == invalidations_seen {
-            loaded.confirmed.store(true, Ordering::Release);
-        } else {
-            self.cache.invalidate(&*organization_id);
-        }
+        self.invalidations.insert_unless_changed(
+            &self.cache,
+            organization_id,
+            stripe,
+            loaded,
+            invalidations_seen,
+        );
     }
 
     async fn load(

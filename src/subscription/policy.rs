@@ -22,6 +22,12 @@ pub(crate) struct OrganizationSubscriptions {
     pub(crate) confirmed: std::sync::atomic::AtomicBool,
 }
 
+impl crate::generations::Confirmed for OrganizationSubscriptions {
+    fn confirmed(&self) -> &std::sync::atomic::AtomicBool {
+        &self.confirmed
+    }
+}
+
 impl OrganizationSubscriptions {
     /// Whether a cached copy may answer at `now` without a store read.
     #[inline]
