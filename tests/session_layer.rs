@@ -15,14 +15,12 @@ use tower_saas_guard::session::{
     BearerSource, CookieSource, HeaderSource, Session, SessionRefreshLayer, SessionToken,
     TokenError, SESSION_EXPIRES_AT,
 };
-use tower_saas_guard::{rfc3339_millis, Clock, ConfigError, GuardBody, ManualClock, RequestHead};
+use tower_saas_guard::{rfc3339_millis, Clock, ConfigError, ManualClock, RequestHead};
 
-use support::{epoch, ProbeStore};
+use support::{epoch, send, Answer, Echo, ProbeStore};
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
-
-type Echo = tower::util::BoxCloneSyncService<Request<()>, Response<GuardBody<String>>, Infallible>;
 
 /// An inner service that answers 200 with the session it saw, as JSON.
 fn echo_service(layer: SessionRefreshLayer) -> Echo {
@@ -51,6 +49,15 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// Another process: the same store and clock, default settings, its own
+    /// (cold) cache.
+    fn other_process(&self) -> SessionRefreshLayer {
+        SessionRefreshLayer::builder(self.store.clone())
+            .clock(self.clock.clone())
+            .build()
+            .expect("valid configuration")
+    }
+
     /// 24 h sessions renewed within 4 h, 30-day cap: the defaults.
     fn new() -> Self {
         Self::with(|builder| builder)
@@ -102,28 +109,6 @@ fn with_token(token: &SessionToken) -> Request<()> {
         .header("x-session-id", token.to_string())
         .body(())
         .expect("valid request")
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Value,
-}
-
-async fn send(service: &Echo, request: Request<()>) -> Answer {
-    let response = service.clone().oneshot(request).await.expect("infallible");
-    let (parts, body) = response.into_parts();
-    let bytes: Bytes = body.collect().await.expect("body").to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("JSON body")
-    };
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
 }
 
 fn assert_rejected(answer: &Answer, code: &str) {
@@ -482,10 +467,7 @@ async fn disabled_absolute_lifetime_lets_an_active_session_live_on() {
 async fn cached_record_renewed_by_another_writer_is_not_rejected() {
     // Two processes share one store; each has its own cache.
     let fixture = Fixture::new();
-    let other_process = SessionRefreshLayer::builder(fixture.store.clone())
-        .clock(fixture.clock.clone())
-        .build()
-        .expect("valid configuration");
+    let other_process = fixture.other_process();
     let token = fixture.create().await;
     let here = echo_service(fixture.layer.clone().validate_only());
     let there = echo_service(other_process);
@@ -513,10 +495,7 @@ async fn a_thousand_concurrent_requests_on_a_cold_session_load_it_once() {
     let fixture = Fixture::new();
     let token = fixture.create().await;
     // A fresh process: same store, empty cache.
-    let cold = SessionRefreshLayer::builder(fixture.store.clone())
-        .clock(fixture.clock.clone())
-        .build()
-        .expect("valid configuration");
+    let cold = fixture.other_process();
     let service = echo_service(cold);
     fixture.store.close_gate();
 
@@ -624,10 +603,7 @@ async fn revoked_session_is_rejected_at_once_even_when_cached() {
 #[tokio::test]
 async fn a_revocation_by_another_process_is_seen_within_the_cache_ttl() {
     let fixture = Fixture::with(|builder| builder.cache_ttl(30 * SECOND));
-    let other_process = SessionRefreshLayer::builder(fixture.store.clone())
-        .clock(fixture.clock.clone())
-        .build()
-        .expect("valid configuration");
+    let other_process = fixture.other_process();
     let token = fixture.create().await;
     let service = echo_service(fixture.layer.clone());
     assert_eq!(
@@ -655,10 +631,7 @@ async fn a_revocation_by_another_process_is_seen_within_the_cache_ttl() {
 async fn a_load_that_raced_a_revocation_does_not_put_the_session_back() {
     let fixture = Fixture::new();
     let token = fixture.create().await;
-    let cold = SessionRefreshLayer::builder(fixture.store.clone())
-        .clock(fixture.clock.clone())
-        .build()
-        .expect("valid configuration");
+    let cold = fixture.other_process();
     let service = echo_service(cold.clone());
     fixture.store.close_gate();
     // This load reads the live record, then waits at the gate.
@@ -791,12 +764,7 @@ async fn grpc_responses_carry_the_expiry_as_response_metadata() {
 async fn failing_store_is_store_unavailable_with_retry_after() {
     let fixture = Fixture::new();
     let token = fixture.create().await;
-    let cold = echo_service(
-        SessionRefreshLayer::builder(fixture.store.clone())
-            .clock(fixture.clock.clone())
-            .build()
-            .expect("valid configuration"),
-    );
+    let cold = echo_service(fixture.other_process());
     fixture
         .store
         .fail

@@ -7,7 +7,6 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use http::{header, HeaderName, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
@@ -18,12 +17,10 @@ use tower_saas_guard::subscription::{
 };
 use tower_saas_guard::{Clock, GuardBody, ManualClock, RequestHead};
 
-use support::{epoch, ProbeSubscriptions};
+use support::{epoch, send, Answer, Echo, ProbeSubscriptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
-
-type Echo = tower::util::BoxCloneSyncService<Request<()>, Response<GuardBody<String>>, Infallible>;
 
 fn org_header() -> HeaderName {
     HeaderName::from_static("x-organization-id")
@@ -135,27 +132,6 @@ fn for_org(organization: &str) -> Request<()> {
         .header("x-organization-id", organization)
         .body(())
         .expect("valid request")
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Value,
-}
-
-async fn send(service: &Echo, request: Request<()>) -> Answer {
-    let response = service.clone().oneshot(request).await.expect("infallible");
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON body")
-        },
-    }
 }
 
 fn assert_problem(answer: &Answer, status: u16, code: &str) {

@@ -203,3 +203,36 @@ impl tower_saas_guard::subscription::SubscriptionStore for ProbeSubscriptions {
         tower_saas_guard::subscription::SubscriptionStore::upsert(&self.inner, subscription).await
     }
 }
+
+/// A boxed service under test, answering `Response<GuardBody<String>>`.
+pub type Echo = tower::util::BoxCloneSyncService<
+    http::Request<()>,
+    http::Response<tower_saas_guard::GuardBody<String>>,
+    std::convert::Infallible,
+>;
+
+/// A response taken apart: status, headers and JSON body (`Null` if empty).
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+/// Sends `request` through a clone of `service` and reads the answer.
+pub async fn send(service: &Echo, request: http::Request<()>) -> Answer {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let response = service.clone().oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        },
+    }
+}
