@@ -88,3 +88,21 @@ pub use crate::axum::MissingExtension;
 pub(crate) fn type_name_of<T>(_: &T) -> &'static str {
     std::any::type_name::<T>()
 }
+
+/// Case-insensitive hex to bytes; `None` for empty, odd-length or non-hex input.
+pub(crate) fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            b'A'..=b'F' => Some(digit - b'A' + 10),
+            _ => None,
+        }
+    }
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
+}

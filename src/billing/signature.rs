@@ -118,7 +118,7 @@ impl WebhookVerifier {
         let mut any_hex = false;
         let mut matched = false;
         for value in entries(header).filter_map(|(key, value)| (key == b"v1").then_some(value)) {
-            let Some(tag) = decode_hex(value) else {
+            let Some(tag) = crate::decode_hex(value) else {
                 continue;
             };
             any_hex = true;
@@ -266,24 +266,6 @@ fn signed_timestamp(header: &[u8]) -> Result<(&[u8], u64), SignatureError> {
         .and_then(|digits| digits.parse::<u64>().ok())
         .ok_or(SignatureError::Malformed)?;
     Ok((digits, seconds))
-}
-
-/// Case-insensitive hex to bytes; `None` for empty, odd-length or non-hex input.
-fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
-    fn nibble(digit: u8) -> Option<u8> {
-        match digit {
-            b'0'..=b'9' => Some(digit - b'0'),
-            b'a'..=b'f' => Some(digit - b'a' + 10),
-            b'A'..=b'F' => Some(digit - b'A' + 10),
-            _ => None,
-        }
-    }
-    if hex.is_empty() || hex.len() % 2 != 0 {
-        return None;
-    }
-    hex.chunks_exact(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]
