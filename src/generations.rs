@@ -45,6 +45,29 @@ impl Generations {
         }
     }
 
+    /// Removes `key` from `cache` so that no copy of it is used again.
+    ///
+    /// The stripe moves before the removal (a load racing it does not put
+    /// what it read back, see [`insert_unless_changed`](Self::insert_unless_changed))
+    /// and after it (a hot-table slot filled from the removed copy, whose
+    /// generation was read before that copy was fetched, no longer matches;
+    /// see `crate::hot`).
+    pub(crate) fn remove<K, Q, V, S>(
+        &self,
+        cache: &moka::sync::Cache<K, V, S>,
+        key: &Q,
+        key_hash: u64,
+    ) where
+        K: Hash + Eq + Send + Sync + 'static + std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone + Send + Sync + 'static,
+        S: BuildHasher + Clone + Send + Sync + 'static,
+    {
+        self.bump(key_hash);
+        cache.invalidate(key);
+        self.bump(key_hash);
+    }
+
     /// Caches `value` for `key` unless its stripe moved since `seen` (when
     /// it was read from the store).
     ///

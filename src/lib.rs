@@ -61,6 +61,7 @@ mod clock;
 mod error;
 mod future;
 mod generations;
+mod hot;
 pub mod rejection;
 mod request;
 pub mod session;

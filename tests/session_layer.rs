@@ -399,15 +399,27 @@ async fn an_activity_predicate_chooses_which_requests_renew() {
     let service = echo_service(fixture.layer.clone().activity(only_writes));
     fixture.clock.advance(21 * HOUR);
 
-    let mut get = with_token(&token);
-    *get.method_mut() = Method::GET;
-    assert_eq!(send(&service, get).await.body["renewed"], false);
+    for _ in 0..2 {
+        let mut get = with_token(&token);
+        *get.method_mut() = Method::GET;
+        assert_eq!(send(&service, get).await.body["renewed"], false);
+    }
     assert_eq!(fixture.store.extends(), 0);
 
     let mut post = with_token(&token);
     *post.method_mut() = Method::POST;
-    assert_eq!(send(&service, post).await.body["renewed"], true);
+    let renewed = send(&service, post).await;
+    assert_eq!(renewed.body["renewed"], true);
     assert_eq!(fixture.store.extends(), 1);
+
+    // A read right after sees the renewed expiry, not the copy it used
+    // before the renewal.
+    let mut get = with_token(&token);
+    *get.method_mut() = Method::GET;
+    let read = send(&service, get).await;
+    assert_eq!(read.body["renewed"], false);
+    assert_eq!(expires_header(&read), expires_header(&renewed));
+    assert_eq!(read.body["expires_at"], renewed.body["expires_at"]);
 }
 
 #[tokio::test]
@@ -865,6 +877,44 @@ async fn session_revoked_before_its_renewal_is_not_found() {
         &send(&service, with_token(&token)).await,
         "session_not_found",
     );
+}
+
+#[tokio::test]
+async fn a_renewal_that_finds_the_session_gone_ends_it_for_reads_too() {
+    // 10 s sessions renewed within 5 s: due well inside the 30 s cache TTL.
+    let fixture =
+        Fixture::with(|builder| builder.duration(10 * SECOND).refresh_threshold(5 * SECOND));
+    let token = fixture.create().await;
+    let writes = echo_service(fixture.layer.clone());
+    let reads = echo_service(fixture.layer.clone().validate_only());
+    for _ in 0..2 {
+        assert_eq!(
+            send(&reads, with_token(&token)).await.status,
+            StatusCode::OK
+        );
+    }
+    {
+        use tower_saas_guard::session::SessionStore;
+        fixture
+            .store
+            .inner
+            .delete(&token.id())
+            .await
+            .expect("delete");
+    }
+    // Cached and trusted: reads still pass until the TTL or a store visit.
+    assert_eq!(
+        send(&reads, with_token(&token)).await.status,
+        StatusCode::OK
+    );
+    fixture.clock.advance(6 * SECOND);
+    assert_rejected(
+        &send(&writes, with_token(&token)).await,
+        "session_not_found",
+    );
+    // The renewal found it gone: reads that used the cached copy until now
+    // are rejected too.
+    assert_rejected(&send(&reads, with_token(&token)).await, "session_not_found");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The state one `SessionRefreshLayer` shares with its clones and with its
 //! [`SessionHandle`]: store, cache, single-flight maps, configuration, clock.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -19,6 +20,7 @@ use super::token::{SessionId, SessionToken};
 use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
 use crate::error::{StoreError, STORE_RETRY_INTERVAL};
 use crate::generations::{Confirmed, Generations};
+use crate::hot::{self, HotTable};
 use crate::rejection::{ErrorCode, Rejection};
 use crate::single_flight::SingleFlight;
 
@@ -116,8 +118,9 @@ pub(crate) struct SessionData {
     /// Past this instant the cached copy is re-read from the store (the
     /// cache TTL, on the layer's clock).
     pub(crate) fresh_until: SystemTime,
-    /// Set once no revocation raced the insert; until then readers treat
-    /// the entry as stale (see `SessionCore::cache_insert`).
+    /// Set once no revocation raced the insert, cleared when a newer copy
+    /// supersedes this one; while unset readers treat the entry as stale
+    /// (see `SessionCore::cache_insert`, `SessionData::supersede`).
     pub(crate) confirmed: AtomicBool,
 }
 
@@ -163,6 +166,15 @@ impl SessionData {
             payload: Arc::clone(&self.payload),
             expires_header: expires_header(expires_at),
         }
+    }
+}
+
+impl SessionData {
+    /// A newer copy replaced this one in the cache: whoever still holds
+    /// this one (another thread's hot table, a request in flight) goes
+    /// back to the cache instead of answering with it.
+    fn supersede(&self) {
+        self.confirmed.store(false, Ordering::Release);
     }
 }
 
@@ -233,8 +245,17 @@ pub(crate) struct SessionCore {
     pub(crate) config: SessionConfig,
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped by revocations (per stripe of tokens), so a load that raced
-    /// one does not put the revoked record back into the cache.
+    /// one does not put the revoked record back into the cache, and no
+    /// thread's hot table keeps answering with it.
     revocations: Generations,
+    /// This cache's id in the per-thread hot tables.
+    owner: u64,
+}
+
+thread_local! {
+    /// Sessions this thread used last, in front of the moka cache.
+    static HOT_SESSIONS: RefCell<HotTable<SessionToken, SessionData>> =
+        const { RefCell::new(HotTable::new()) };
 }
 
 impl SessionCore {
@@ -256,6 +277,47 @@ impl SessionCore {
             config,
             clock,
             revocations: Generations::new(),
+            owner: hot::new_owner_id(),
+        }
+    }
+
+    /// The hot path's lookup: a copy that answers `token` at `now` as is
+    /// (`Ok`), from this thread's hot table or else the moka cache, or
+    /// whatever the cache holds for the slow path to deal with (`Err`).
+    #[inline]
+    pub(crate) fn cached(
+        &self,
+        token: &SessionToken,
+        now: SystemTime,
+        activity: bool,
+    ) -> Result<Arc<SessionData>, Option<Arc<SessionData>>> {
+        let key_hash = token.hash_prefix();
+        // Read before the fetch: a revocation after it moves the stripe.
+        let generation = self.revocations.current(key_hash);
+        let valid = |data: &SessionData| self.classify(data, now, activity) == Verdict::Valid;
+        let hot = HOT_SESSIONS.try_with(|table| {
+            table
+                .borrow()
+                .get(self.owner, key_hash, token, generation, valid)
+        });
+        if let Ok(Some(data)) = hot {
+            return Ok(data);
+        }
+        match self.cache.get(token) {
+            Some(data) if valid(&data) => {
+                // Unavailable only while the thread exits: then just skip.
+                let _ = HOT_SESSIONS.try_with(|table| {
+                    table.borrow_mut().put(
+                        self.owner,
+                        key_hash,
+                        *token,
+                        generation,
+                        Arc::clone(&data),
+                    );
+                });
+                Ok(data)
+            }
+            other => Err(other),
         }
     }
 
@@ -365,6 +427,7 @@ impl SessionCore {
                         let retry_at = self.clock.now() + STORE_RETRY_INTERVAL;
                         let deferred = Arc::new(data.with_renewal_deferred(retry_at));
                         self.cache_insert(token, deferred, revocations_seen);
+                        data.supersede();
                     }
                     Ok((data, false))
                 }
@@ -428,13 +491,17 @@ impl SessionCore {
                     .await?
                 {
                     None => {
-                        core.cache.invalidate(&token);
+                        // Gone from the store (revoked elsewhere): no
+                        // thread may keep using its copy.
+                        core.revocations
+                            .remove(&core.cache, &token, token.hash_prefix());
                         Ok(None)
                     }
                     Some(stored) => {
                         let now = core.clock.now();
                         let renewed = Arc::new(data.with_expiry(stored, &core.config, now));
                         core.cache_insert(token, Arc::clone(&renewed), revocations_seen);
+                        data.supersede();
                         Ok(Some(renewed))
                     }
                 }
@@ -521,10 +588,10 @@ impl SessionHandle {
     pub async fn revoke(&self, token: &SessionToken) -> Result<bool, StoreError> {
         let core = &self.core;
         let existed = core.with_timeout(core.store.delete(&token.id())).await;
-        core.revocations.bump(token.hash_prefix());
         core.loads.forget(token);
         core.renewals.forget(token);
-        core.cache.invalidate(token);
+        core.revocations
+            .remove(&core.cache, token, token.hash_prefix());
         existed
     }
 
@@ -550,6 +617,9 @@ impl SessionHandle {
         for token in doomed {
             core.cache.invalidate(&token);
         }
+        // Again after the removals: hot-table slots filled from the removed
+        // copies meanwhile no longer match.
+        core.revocations.bump_all();
         deleted
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::core::{Session, Verdict};
+use super::core::Session;
 use super::layer::LayerState;
 use super::source::TokenError;
 use crate::future::{Admitted, Decoration, ResponseFuture};
@@ -81,9 +81,8 @@ where
         };
         let activity = state.activity.is_activity(&head);
         let core = &state.core;
-        let cached = core.cache.get(&token);
-        let cached = match cached {
-            Some(data) if core.classify(&data, core.clock.now(), activity) == Verdict::Valid => {
+        let cached = match core.cached(&token, core.clock.now(), activity) {
+            Ok(data) => {
                 // Cache hit with nothing to write: no store, no boxed future.
                 let decoration = Decoration {
                     expires_header: Some(data.expires_header.clone()),
@@ -92,7 +91,7 @@ where
                 request.extensions_mut().insert(Session::new(data, false));
                 return ResponseFuture::calling(self.inner.call(request), decoration);
             }
-            other => other,
+            Err(cached) => cached,
         };
         let resolution = Arc::clone(core).resolve(token, cached, activity);
         let layer = Arc::clone(state);

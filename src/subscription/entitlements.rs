@@ -1,6 +1,7 @@
 //! [`Entitlements`]: the subscription store behind a moka cache, shared by
 //! the subscription layers and the billing webhook.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -15,6 +16,7 @@ use super::store::SubscriptionStore;
 use crate::clock::{Clock, CoarseClock};
 use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVAL};
 use crate::generations::Generations;
+use crate::hot::{self, HotTable};
 use crate::single_flight::SingleFlight;
 
 /// What the subscription layers do when the store fails or times out.
@@ -51,10 +53,19 @@ pub(crate) struct EntitlementsCore {
     config: EntitlementsConfig,
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped by every invalidation, so a load that raced one does not put
-    /// what it read before the change back into the cache.
+    /// what it read before the change back into the cache, and no thread's
+    /// hot table keeps answering with it.
     invalidations: Generations,
     /// Hashes organization ids to their stripe of `invalidations`.
     stripe_hasher: foldhash::fast::RandomState,
+    /// This cache's id in the per-thread hot tables.
+    owner: u64,
+}
+
+thread_local! {
+    /// Organizations this thread decided for last, in front of the moka cache.
+    static HOT_ORGANIZATIONS: RefCell<HotTable<Arc<str>, OrganizationSubscriptions>> =
+        const { RefCell::new(HotTable::new()) };
 }
 
 /// Why a lookup produced no subscriptions to decide from.
@@ -66,6 +77,45 @@ pub(crate) enum LookupFailure {
 }
 
 impl EntitlementsCore {
+    /// The hot path's lookup: subscriptions of `organization_id` fresh at
+    /// `now` (`Ok`), from this thread's hot table or else the moka cache,
+    /// or whatever the cache holds for the slow path (`Err`).
+    #[inline]
+    pub(crate) fn cached(
+        &self,
+        organization_id: &str,
+        now: SystemTime,
+    ) -> Result<Arc<OrganizationSubscriptions>, Option<Arc<OrganizationSubscriptions>>> {
+        let key_hash = self.stripe(organization_id);
+        // Read before the fetch: an invalidation after it moves the stripe.
+        let generation = self.invalidations.current(key_hash);
+        let fresh = |cached: &OrganizationSubscriptions| cached.is_fresh(now);
+        let hot = HOT_ORGANIZATIONS.try_with(|table| {
+            table
+                .borrow()
+                .get(self.owner, key_hash, organization_id, generation, fresh)
+        });
+        if let Ok(Some(cached)) = hot {
+            return Ok(cached);
+        }
+        match self.cache.get(organization_id) {
+            Some(cached) if fresh(&cached) => {
+                // Unavailable only while the thread exits: then just skip.
+                let _ = HOT_ORGANIZATIONS.try_with(|table| {
+                    table.borrow_mut().put(
+                        self.owner,
+                        key_hash,
+                        Arc::clone(&cached.organization_id),
+                        generation,
+                        Arc::clone(&cached),
+                    );
+                });
+                Ok(cached)
+            }
+            other => Err(other),
+        }
+    }
+
     async fn with_timeout<T>(
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
@@ -250,9 +300,9 @@ impl Entitlements {
     /// request reads the store.
     pub fn invalidate(&self, organization_id: &str) {
         let core = &self.core;
-        core.invalidations.bump(core.stripe(organization_id));
         core.loads.forget(&Arc::from(organization_id));
-        core.cache.invalidate(organization_id);
+        core.invalidations
+            .remove(&core.cache, organization_id, core.stripe(organization_id));
     }
 
     /// Stores a subscription change (upsert keyed by organization and
@@ -405,6 +455,7 @@ impl EntitlementsBuilder {
                 clock: self.clock,
                 invalidations: Generations::new(),
                 stripe_hasher: foldhash::fast::RandomState::default(),
+                owner: hot::new_owner_id(),
             }),
         })
     }

@@ -83,10 +83,9 @@ where
         };
         let gated = state.gate.is_gated(&head);
         let core = &state.entitlements.core;
-        let cached = core.cache.get(&*organization_id);
         let now = core.clock.now();
-        let cached = match cached {
-            Some(cached) if cached.is_fresh(now) => {
+        let cached = match core.cached(&organization_id, now) {
+            Ok(cached) => {
                 // Cache hit: decide now; no store, no boxed future.
                 let entitlement = state.policy.decide_shared(cached, now);
                 return match admit(entitlement, gated) {
@@ -99,7 +98,7 @@ where
                     }
                 };
             }
-            other => other,
+            Err(cached) => cached,
         };
         let organization_id: Arc<str> = Arc::from(organization_id.as_ref());
         let policy = state.policy.clone();
