@@ -31,21 +31,26 @@ fn ready_now<F: Future>(future: F) -> F::Output {
 
 /// The same request for every variant: a session token and an
 /// organization header (the subscription layer alone reads the latter).
-fn request(token: &HeaderValue) -> Request<()> {
+fn request(token: &HeaderValue, organization: &HeaderValue) -> Request<()> {
     let mut request = Request::new(());
     request.headers_mut().insert("x-session-id", token.clone());
     request
         .headers_mut()
-        .insert("x-organization-id", HeaderValue::from_static("org_1"));
+        .insert("x-organization-id", organization.clone());
     request
 }
 
-fn call<S>(service: &mut S, token: &HeaderValue) -> S::Response
+fn call<S>(service: &mut S, token: &HeaderValue, organization: &HeaderValue) -> S::Response
 where
     S: Service<Request<()>, Error = Infallible>,
 {
-    ready_now(service.call(request(token))).unwrap_or_else(|never| match never {})
+    ready_now(service.call(request(token, organization))).unwrap_or_else(|never| match never {})
 }
+
+/// Sessions and organizations the `*_4096_*` variants cycle through: more
+/// than a thread's hot table holds (64), so nearly every call is a moka hit
+/// and a hot-table miss.
+const MANY: usize = 4096;
 
 fn overhead(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -64,21 +69,35 @@ fn overhead(c: &mut Criterion) {
         .block_on(layer.handle().create(Some("org_1"), ()))
         .expect("create session");
     let token = HeaderValue::from_str(&created.token.to_string()).expect("token is a header");
+    let org_1 = HeaderValue::from_static("org_1");
+    let many_tokens: Vec<HeaderValue> = (0..MANY)
+        .map(|_| {
+            let created = runtime
+                .block_on(layer.handle().create(Some("org_1"), ()))
+                .expect("create session");
+            HeaderValue::from_str(&created.token.to_string()).expect("token is a header")
+        })
+        .collect();
 
     let entitlements = Entitlements::builder(MemorySubscriptionStore::new())
         .positive_ttl(long)
         .build()
         .expect("valid settings");
-    runtime
-        .block_on(entitlements.apply(&Subscription {
-            organization_id: "org_1".into(),
-            subscription_id: "sub_1".into(),
-            status: SubscriptionStatus::Active,
-            plan: "pro".into(),
-            current_period_end: None,
-            trial_end: None,
-        }))
-        .expect("store subscription");
+    let many_organizations: Vec<HeaderValue> = (1..=MANY)
+        .map(|n| {
+            runtime
+                .block_on(entitlements.apply(&Subscription {
+                    organization_id: format!("org_{n}"),
+                    subscription_id: "sub_1".into(),
+                    status: SubscriptionStatus::Active,
+                    plan: "pro".into(),
+                    current_period_end: None,
+                    trial_end: None,
+                }))
+                .expect("store subscription");
+            HeaderValue::from_str(&format!("org_{n}")).expect("organization is a header")
+        })
+        .collect();
     let gate_by_header =
         RequireSubscriptionLayer::new(entitlements.clone(), EntitlementPolicy::new()).organization(
             FromHeader::new(http::HeaderName::from_static("x-organization-id")),
@@ -92,28 +111,49 @@ fn overhead(c: &mut Criterion) {
     let mut both = layer.layer(gate_by_session.layer(inner));
     // Warm: the first call through each layer may load (on the runtime);
     // every measured call below is a cache hit, ready on its first poll.
-    let statuses = [
-        warm(&runtime, &mut sessions, &token),
-        warm(&runtime, &mut validate_only, &token),
-        warm(&runtime, &mut subscription, &token),
-        warm(&runtime, &mut both, &token),
+    let mut statuses = vec![
+        warm(&runtime, &mut sessions, &token, &org_1),
+        warm(&runtime, &mut validate_only, &token, &org_1),
+        warm(&runtime, &mut subscription, &token, &org_1),
+        warm(&runtime, &mut both, &token, &org_1),
     ];
+    for many_token in &many_tokens {
+        statuses.push(warm(&runtime, &mut sessions, many_token, &org_1));
+    }
+    for organization in &many_organizations {
+        statuses.push(warm(&runtime, &mut subscription, &token, organization));
+    }
     assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
     let _entered = runtime.enter();
 
     let mut group = c.benchmark_group("overhead");
-    group.bench_function("bare", |b| b.iter(|| black_box(call(&mut bare, &token))));
+    group.bench_function("bare", |b| {
+        b.iter(|| black_box(call(&mut bare, &token, &org_1)))
+    });
     group.bench_function("session_refresh_cache_hit", |b| {
-        b.iter(|| black_box(call(&mut sessions, &token)))
+        b.iter(|| black_box(call(&mut sessions, &token, &org_1)))
     });
     group.bench_function("session_validate_only_cache_hit", |b| {
-        b.iter(|| black_box(call(&mut validate_only, &token)))
+        b.iter(|| black_box(call(&mut validate_only, &token, &org_1)))
     });
     group.bench_function("require_subscription_cache_hit", |b| {
-        b.iter(|| black_box(call(&mut subscription, &token)))
+        b.iter(|| black_box(call(&mut subscription, &token, &org_1)))
     });
     group.bench_function("session_and_subscription_cache_hit", |b| {
-        b.iter(|| black_box(call(&mut both, &token)))
+        b.iter(|| black_box(call(&mut both, &token, &org_1)))
+    });
+    let mut next = 0;
+    group.bench_function("session_refresh_cache_hit_4096_sessions", |b| {
+        b.iter(|| {
+            next = (next + 1) % MANY;
+            black_box(call(&mut sessions, &many_tokens[next], &org_1))
+        })
+    });
+    group.bench_function("require_subscription_cache_hit_4096_organizations", |b| {
+        b.iter(|| {
+            next = (next + 1) % MANY;
+            black_box(call(&mut subscription, &token, &many_organizations[next]))
+        })
     });
     drop(_entered);
     tower_sessions_baseline(&mut group, &runtime);
@@ -194,12 +234,13 @@ fn warm<S, B>(
     runtime: &tokio::runtime::Runtime,
     service: &mut S,
     token: &HeaderValue,
+    organization: &HeaderValue,
 ) -> http::StatusCode
 where
     S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
 {
     runtime
-        .block_on(service.call(request(token)))
+        .block_on(service.call(request(token, organization)))
         .unwrap_or_else(|never| match never {})
         .status()
 }

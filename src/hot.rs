@@ -17,9 +17,14 @@
 //!
 //! So a revocation or an invalidation is seen at once by every thread, and
 //! everything else is at most as old as a moka hit could be. Tables are
-//! direct-mapped (a new entry takes its slot), a few dozen slots per thread
-//! and kind of entry; entries of one layer are told from another's by the
-//! owner id each cache gets when it is built.
+//! direct-mapped, a few dozen slots per thread and kind of entry; entries
+//! of one layer are told from another's by the owner id each cache gets
+//! when it is built.
+//!
+//! A key takes a slot only the second time in a row that it is offered
+//! there (the slot remembers the last key offered): when requests cycle
+//! through more keys than the table holds, a miss costs a probe and one
+//! write, not the replacement (and drop) of an entry.
 //!
 //! [`Generations`]: crate::generations::Generations
 //! [`Generations::remove`]: crate::generations::Generations::remove
@@ -46,22 +51,33 @@ struct Slot<K, V> {
     value: Arc<V>,
 }
 
+struct Place<K, V> {
+    slot: Option<Slot<K, V>>,
+    /// The tag of the last key offered here (see [`HotTable::offer`]).
+    last_offered: u64,
+}
+
 /// One thread's recently used entries of one kind.
 pub(crate) struct HotTable<K, V> {
-    slots: Vec<Option<Slot<K, V>>>,
+    places: Vec<Place<K, V>>,
 }
 
 impl<K, V> HotTable<K, V> {
-    /// An empty table; allocates on the first [`put`](Self::put).
+    /// An empty table; allocates on the first [`offer`](Self::offer).
     pub(crate) const fn new() -> Self {
-        Self { slots: Vec::new() }
+        Self { places: Vec::new() }
     }
 
-    fn index(owner: u64, key_hash: u64) -> usize {
-        // Both inputs are mixed already at the top bits (key hashes) or
-        // small (owners): spread the owner, keep the top bits.
-        let mixed = key_hash ^ owner.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (mixed >> (64 - SLOTS.trailing_zeros())) as usize
+    /// A key's tag: its hash mixed with the owner; the top bits pick its
+    /// place.
+    fn tag(owner: u64, key_hash: u64) -> u64 {
+        // Key hashes are mixed at the top bits already, owners are small:
+        // spread the owner.
+        key_hash ^ owner.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn index(tag: u64) -> usize {
+        (tag >> (64 - SLOTS.trailing_zeros())) as usize
     }
 
     /// The entry of `owner` for `key`, if this thread has one that was
@@ -80,7 +96,8 @@ impl<K, V> HotTable<K, V> {
         K: Borrow<Q>,
         Q: PartialEq + ?Sized,
     {
-        let slot = self.slots.get(Self::index(owner, key_hash))?.as_ref()?;
+        let place = self.places.get(Self::index(Self::tag(owner, key_hash)))?;
+        let slot = place.slot.as_ref()?;
         let hit = slot.owner == owner
             && slot.key_hash == key_hash
             && slot.generation == generation
@@ -89,25 +106,36 @@ impl<K, V> HotTable<K, V> {
         hit.then(|| Arc::clone(&slot.value))
     }
 
-    /// Remembers `value` for `key`; `generation` is the key's stripe as
-    /// read before `value` was fetched.
-    pub(crate) fn put(
+    /// Offers `value` for `key`, fetched while the key's stripe was at
+    /// `generation`. It takes its place if the last offer there was for the
+    /// same key; otherwise the place only remembers this offer, and nothing
+    /// is cloned.
+    pub(crate) fn offer(
         &mut self,
         owner: u64,
         key_hash: u64,
-        key: K,
+        key: impl FnOnce() -> K,
         generation: u64,
-        value: Arc<V>,
+        value: &Arc<V>,
     ) {
-        if self.slots.is_empty() {
-            self.slots.resize_with(SLOTS, || None);
+        if self.places.is_empty() {
+            self.places.resize_with(SLOTS, || Place {
+                slot: None,
+                last_offered: 0,
+            });
         }
-        self.slots[Self::index(owner, key_hash)] = Some(Slot {
+        let tag = Self::tag(owner, key_hash);
+        let place = &mut self.places[Self::index(tag)];
+        if place.last_offered != tag {
+            place.last_offered = tag;
+            return;
+        }
+        place.slot = Some(Slot {
             owner,
             key_hash,
-            key,
+            key: key(),
             generation,
-            value,
+            value: Arc::clone(value),
         });
     }
 }
@@ -116,12 +144,26 @@ impl<K, V> HotTable<K, V> {
 mod tests {
     use super::*;
 
+    /// Offers twice in a row, so that the key takes its place.
+    fn put(
+        table: &mut HotTable<String, u32>,
+        key_hash: u64,
+        key: &str,
+        generation: u64,
+        value: u32,
+    ) {
+        let value = Arc::new(value);
+        for _ in 0..2 {
+            table.offer(1, key_hash, || key.to_owned(), generation, &value);
+        }
+    }
+
     #[test]
     fn answers_only_the_same_owner_key_and_generation() {
         let mut table: HotTable<String, u32> = HotTable::new();
         let always = |_: &u32| true;
         assert!(table.get(1, 7, "a", 0, always).is_none(), "empty");
-        table.put(1, 7, "a".to_owned(), 3, Arc::new(10));
+        put(&mut table, 7, "a", 3, 10);
         assert_eq!(table.get(1, 7, "a", 3, always).as_deref(), Some(&10));
         assert!(table.get(2, 7, "a", 3, always).is_none(), "other owner");
         assert!(table.get(1, 7, "b", 3, always).is_none(), "other key");
@@ -133,12 +175,24 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_entry_takes_the_slot() {
+    fn a_key_takes_its_place_only_on_the_second_offer_in_a_row() {
         let mut table: HotTable<String, u32> = HotTable::new();
         let always = |_: &u32| true;
-        table.put(1, 7, "a".to_owned(), 0, Arc::new(10));
-        table.put(1, 7, "b".to_owned(), 0, Arc::new(20));
+        let (ten, twenty) = (Arc::new(10), Arc::new(20));
+        // Hashes 7 and 8 share their top bits, so their place. Taking
+        // turns, neither is admitted, and nothing is cloned.
+        for _ in 0..3 {
+            table.offer(1, 7, || "a".to_owned(), 0, &ten);
+            table.offer(1, 8, || "b".to_owned(), 0, &twenty);
+        }
         assert!(table.get(1, 7, "a", 0, always).is_none());
-        assert_eq!(table.get(1, 7, "b", 0, always).as_deref(), Some(&20));
+        assert!(table.get(1, 8, "b", 0, always).is_none());
+        assert_eq!(Arc::strong_count(&ten), 1);
+        // Twice in a row: admitted; later a newer key takes the place.
+        put(&mut table, 7, "a", 0, 10);
+        assert_eq!(table.get(1, 7, "a", 0, always).as_deref(), Some(&10));
+        put(&mut table, 8, "b", 0, 20);
+        assert!(table.get(1, 7, "a", 0, always).is_none());
+        assert_eq!(table.get(1, 8, "b", 0, always).as_deref(), Some(&20));
     }
 }

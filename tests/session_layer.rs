@@ -399,7 +399,7 @@ async fn an_activity_predicate_chooses_which_requests_renew() {
     let service = echo_service(fixture.layer.clone().activity(only_writes));
     fixture.clock.advance(21 * HOUR);
 
-    for _ in 0..2 {
+    for _ in 0..3 {
         let mut get = with_token(&token);
         *get.method_mut() = Method::GET;
         assert_eq!(send(&service, get).await.body["renewed"], false);
@@ -594,10 +594,13 @@ async fn revoked_session_is_rejected_at_once_even_when_cached() {
     let fixture = Fixture::new();
     let token = fixture.create().await;
     let service = echo_service(fixture.layer.clone());
-    assert_eq!(
-        send(&service, with_token(&token)).await.status,
-        StatusCode::OK
-    );
+    // Several times: the copy is in this thread's hot table, too.
+    for _ in 0..3 {
+        assert_eq!(
+            send(&service, with_token(&token)).await.status,
+            StatusCode::OK
+        );
+    }
 
     assert!(fixture.layer.handle().revoke(&token).await.expect("revoke"));
     assert_rejected(
@@ -683,7 +686,7 @@ async fn revoking_an_organization_ends_all_its_sessions_and_only_those() {
         .expect("create")
         .token;
     let service = echo_service(fixture.layer.clone());
-    for token in [&first, &second, &other] {
+    for token in [&first, &second, &other, &first, &second, &first, &second] {
         assert_eq!(
             send(&service, with_token(token)).await.status,
             StatusCode::OK

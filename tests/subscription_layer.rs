@@ -253,11 +253,14 @@ async fn after_invalidate_the_next_request_sees_the_change() {
     fixture
         .store_subscription(SubscriptionStatus::Active, None)
         .await;
-    assert_eq!(
-        send(&service, for_org("org_1")).await.status,
-        StatusCode::FORBIDDEN,
-        "still cached: the store changed behind the cache's back"
-    );
+    // Several times: the answer is in this thread's hot table, too.
+    for _ in 0..3 {
+        assert_eq!(
+            send(&service, for_org("org_1")).await.status,
+            StatusCode::FORBIDDEN,
+            "still cached: the store changed behind the cache's back"
+        );
+    }
     fixture.entitlements.invalidate("org_1");
     assert_eq!(
         send(&service, for_org("org_1")).await.status,

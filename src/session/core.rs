@@ -307,13 +307,9 @@ impl SessionCore {
             Some(data) if valid(&data) => {
                 // Unavailable only while the thread exits: then just skip.
                 let _ = HOT_SESSIONS.try_with(|table| {
-                    table.borrow_mut().put(
-                        self.owner,
-                        key_hash,
-                        *token,
-                        generation,
-                        Arc::clone(&data),
-                    );
+                    table
+                        .borrow_mut()
+                        .offer(self.owner, key_hash, || *token, generation, &data);
                 });
                 Ok(data)
             }

@@ -102,12 +102,12 @@ impl EntitlementsCore {
             Some(cached) if fresh(&cached) => {
                 // Unavailable only while the thread exits: then just skip.
                 let _ = HOT_ORGANIZATIONS.try_with(|table| {
-                    table.borrow_mut().put(
+                    table.borrow_mut().offer(
                         self.owner,
                         key_hash,
-                        Arc::clone(&cached.organization_id),
+                        || Arc::clone(&cached.organization_id),
                         generation,
-                        Arc::clone(&cached),
+                        &cached,
                     );
                 });
                 Ok(cached)
