@@ -589,6 +589,53 @@ async fn concurrent_due_requests_on_two_threads_write_once_and_never_backwards()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_is_seen_at_once_by_every_thread() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    let burst = |expected: StatusCode| {
+        let requests: Vec<_> = (0..200)
+            .map(|_| {
+                tokio::spawn({
+                    let service = service.clone();
+                    async move {
+                        for _ in 0..3 {
+                            let status = send(&service, with_token(&token)).await.status;
+                            assert_eq!(status, expected);
+                        }
+                    }
+                })
+            })
+            .collect();
+        async move {
+            for request in requests {
+                request.await.expect("every request answered as expected");
+            }
+        }
+    };
+    // Both worker threads now hold the session in their hot tables.
+    burst(StatusCode::OK).await;
+    // Requests keep arriving on both threads while the revocation runs.
+    let during = burst_during(&service, token);
+    assert!(fixture.layer.handle().revoke(&token).await.expect("revoke"));
+    during.await.expect("concurrent requests");
+    burst(StatusCode::UNAUTHORIZED).await;
+}
+
+/// Requests on the session while something else happens: each may pass or
+/// be rejected, but none may fail otherwise.
+fn burst_during(service: &support::Echo, token: SessionToken) -> tokio::task::JoinHandle<()> {
+    let service = service.clone();
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            let status = send(&service, with_token(&token)).await.status;
+            assert!(status == StatusCode::OK || status == StatusCode::UNAUTHORIZED);
+            tokio::task::yield_now().await;
+        }
+    })
+}
+
 #[tokio::test]
 async fn revoked_session_is_rejected_at_once_even_when_cached() {
     let fixture = Fixture::new();

@@ -268,6 +268,43 @@ async fn after_invalidate_the_next_request_sees_the_change() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_and_a_cancellation_are_seen_at_once_by_every_thread() {
+    let fixture = Fixture::new();
+    let service = echo(fixture.require());
+    let burst = |expected: StatusCode| {
+        let requests: Vec<_> = (0..200)
+            .map(|_| {
+                tokio::spawn({
+                    let service = service.clone();
+                    async move {
+                        for _ in 0..3 {
+                            assert_eq!(send(&service, for_org("org_1")).await.status, expected);
+                        }
+                    }
+                })
+            })
+            .collect();
+        async move {
+            for request in requests {
+                request.await.expect("every request answered as expected");
+            }
+        }
+    };
+    // Both worker threads now hold the (free) organization in their hot tables.
+    burst(StatusCode::FORBIDDEN).await;
+    let upgrade = subscription("org_1", "sub_1", SubscriptionStatus::Active, None);
+    fixture.entitlements.apply(&upgrade).await.expect("apply");
+    burst(StatusCode::OK).await;
+    let cancellation = subscription("org_1", "sub_1", SubscriptionStatus::Canceled, None);
+    fixture
+        .entitlements
+        .apply(&cancellation)
+        .await
+        .expect("apply");
+    burst(StatusCode::FORBIDDEN).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_load_that_raced_an_apply_does_not_put_the_old_answer_back() {
     let fixture = Fixture::new();

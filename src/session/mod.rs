@@ -13,8 +13,10 @@
 //! 1. takes the token from its [`TokenSource`] (`x-session-id` by default):
 //!    none → `session_missing`; not a token's shape → `session_invalid`,
 //!    without touching the store;
-//! 2. loads the session: the moka cache first, then the store; concurrent
-//!    loads of one cold session are coalesced into one store read;
+//! 2. loads the session: the moka cache first (with a few dozen entries
+//!    per thread kept in front of it, dropped at once on revocation or
+//!    renewal), then the store; concurrent loads of one cold session are
+//!    coalesced into one store read;
 //! 3. rejects unknown sessions (`session_not_found`) and expired ones
 //!    (`session_expired`; a cached record that looks expired is re-read
 //!    once, since another instance may have renewed it);

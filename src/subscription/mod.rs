@@ -4,8 +4,10 @@
 //! of them entitles it under an [`EntitlementPolicy`] (by default `active`
 //! or `trialing` with a period that has not ended). Lookups go through
 //! [`Entitlements`], a moka cache keyed by organization in front of a
-//! [`SubscriptionStore`]; a billing webhook calls [`Entitlements::apply`]
-//! so that an upgrade or a cancellation takes effect on the next request.
+//! [`SubscriptionStore`] (each thread also keeps the few dozen entries it
+//! used last, dropped at once by an invalidation); a billing webhook calls
+//! [`Entitlements::apply`] so that an upgrade or a cancellation takes
+//! effect on the next request, on every thread.
 //!
 //! * [`RequireSubscriptionLayer`] rejects requests of organizations that
 //!   are not entitled with `subscription_required` (403; gRPC
