@@ -10,8 +10,10 @@
 //!
 //! - each slot remembers the invalidation [`Generations`] of its key's
 //!   stripe, read *before* the entry was fetched; every removal bumps the
-//!   stripe before and after it (see [`Generations::remove`]), so a slot
-//!   filled with an entry that was removed no longer matches;
+//!   stripe before and after it (see [`Generations::remove`]), and a
+//!   session renewal bumps it once the renewed copy is cached, so a slot
+//!   filled with an entry that was removed or renewed no longer matches
+//!   (and is dropped when next looked at);
 //! - the callers still check the entry's own freshness (cache TTL, expiry,
 //!   the "trusted" flag) on every use, exactly as for a moka hit.
 //!
@@ -82,10 +84,12 @@ impl<K, V> HotTable<K, V> {
 
     /// The entry of `owner` for `key`, if this thread has one that was
     /// fetched while the key's stripe was at `generation`, and `usable`
-    /// says it may answer.
+    /// says it may answer. An entry of the key from an older generation
+    /// (revoked, invalidated or renewed since) is dropped on the spot, so
+    /// that a revoked session's data does not linger here.
     #[inline]
     pub(crate) fn get<Q>(
-        &self,
+        &mut self,
         owner: u64,
         key_hash: u64,
         key: &Q,
@@ -96,14 +100,18 @@ impl<K, V> HotTable<K, V> {
         K: Borrow<Q>,
         Q: PartialEq + ?Sized,
     {
-        let place = self.places.get(Self::index(Self::tag(owner, key_hash)))?;
+        let place = self
+            .places
+            .get_mut(Self::index(Self::tag(owner, key_hash)))?;
         let slot = place.slot.as_ref()?;
-        let hit = slot.owner == owner
-            && slot.key_hash == key_hash
-            && slot.generation == generation
-            && slot.key.borrow() == key
-            && usable(&slot.value);
-        hit.then(|| Arc::clone(&slot.value))
+        if slot.owner != owner || slot.key_hash != key_hash || slot.key.borrow() != key {
+            return None;
+        }
+        if slot.generation != generation {
+            place.slot = None;
+            return None;
+        }
+        usable(&slot.value).then(|| Arc::clone(&slot.value))
     }
 
     /// Offers `value` for `key`, fetched while the key's stripe was at
@@ -167,11 +175,25 @@ mod tests {
         assert_eq!(table.get(1, 7, "a", 3, always).as_deref(), Some(&10));
         assert!(table.get(2, 7, "a", 3, always).is_none(), "other owner");
         assert!(table.get(1, 7, "b", 3, always).is_none(), "other key");
+        assert!(table.get(1, 7, "a", 3, |_| false).is_none(), "not usable");
+        assert_eq!(table.get(1, 7, "a", 3, always).as_deref(), Some(&10));
         assert!(
             table.get(1, 7, "a", 4, always).is_none(),
             "invalidated since"
         );
-        assert!(table.get(1, 7, "a", 3, |_| false).is_none(), "not usable");
+    }
+
+    #[test]
+    fn an_entry_from_an_older_generation_is_dropped_when_found() {
+        let mut table: HotTable<String, u32> = HotTable::new();
+        let value = Arc::new(10);
+        for _ in 0..2 {
+            table.offer(1, 7, || "a".to_owned(), 3, &value);
+        }
+        assert_eq!(Arc::strong_count(&value), 2, "held by the table");
+        assert!(table.get(1, 7, "a", 4, |_| true).is_none());
+        assert_eq!(Arc::strong_count(&value), 1, "dropped, not kept");
+        assert!(table.get(1, 7, "a", 3, |_| true).is_none());
     }
 
     #[test]

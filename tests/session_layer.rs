@@ -929,6 +929,45 @@ async fn session_revoked_before_its_renewal_is_not_found() {
     );
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_renewal_is_seen_by_reads_that_cached_a_newer_load_meanwhile() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let writes = echo_service(fixture.layer.clone());
+    let reads = echo_service(fixture.layer.clone().validate_only());
+    fixture.clock.advance(21 * HOUR);
+    assert_eq!(
+        send(&reads, with_token(&token)).await.body["renewed"],
+        false
+    );
+
+    // A renewal starts from that copy and waits in the store ...
+    fixture.store.close_extend_gate();
+    let write = tokio::spawn({
+        let writes = writes.clone();
+        async move { send(&writes, with_token(&token)).await }
+    });
+    while fixture.store.extends() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // ... while the cache TTL passes and reads load a newer copy, which
+    // this thread keeps using.
+    fixture.clock.advance(31 * SECOND);
+    for _ in 0..3 {
+        assert_eq!(
+            send(&reads, with_token(&token)).await.status,
+            StatusCode::OK
+        );
+    }
+    fixture.store.open_extend_gate();
+    let renewed = write.await.expect("write");
+    assert_eq!(renewed.body["renewed"], true);
+
+    let read = send(&reads, with_token(&token)).await;
+    assert_eq!(expires_header(&read), expires_header(&renewed));
+    assert_eq!(read.body["expires_at"], renewed.body["expires_at"]);
+}
+
 #[tokio::test]
 async fn a_renewal_that_finds_the_session_gone_ends_it_for_reads_too() {
     // 10 s sessions renewed within 5 s: due well inside the 30 s cache TTL.

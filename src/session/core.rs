@@ -118,9 +118,8 @@ pub(crate) struct SessionData {
     /// Past this instant the cached copy is re-read from the store (the
     /// cache TTL, on the layer's clock).
     pub(crate) fresh_until: SystemTime,
-    /// Set once no revocation raced the insert, cleared when a newer copy
-    /// supersedes this one; while unset readers treat the entry as stale
-    /// (see `SessionCore::cache_insert`, `SessionData::supersede`).
+    /// Set once no revocation raced the insert; until then readers treat
+    /// the entry as stale (see `SessionCore::cache_insert`).
     pub(crate) confirmed: AtomicBool,
 }
 
@@ -166,15 +165,6 @@ impl SessionData {
             payload: Arc::clone(&self.payload),
             expires_header: expires_header(expires_at),
         }
-    }
-}
-
-impl SessionData {
-    /// A newer copy replaced this one in the cache: whoever still holds
-    /// this one (another thread's hot table, a request in flight) goes
-    /// back to the cache instead of answering with it.
-    fn supersede(&self) {
-        self.confirmed.store(false, Ordering::Release);
     }
 }
 
@@ -297,7 +287,7 @@ impl SessionCore {
         let valid = |data: &SessionData| self.classify(data, now, activity) == Verdict::Valid;
         let hot = HOT_SESSIONS.try_with(|table| {
             table
-                .borrow()
+                .borrow_mut()
                 .get(self.owner, key_hash, token, generation, valid)
         });
         if let Ok(Some(data)) = hot {
@@ -422,8 +412,8 @@ impl SessionCore {
                     if still_cached {
                         let retry_at = self.clock.now() + STORE_RETRY_INTERVAL;
                         let deferred = Arc::new(data.with_renewal_deferred(retry_at));
+                        // Same expiry: copies of `data` elsewhere stay right.
                         self.cache_insert(token, deferred, revocations_seen);
-                        data.supersede();
                     }
                     Ok((data, false))
                 }
@@ -497,7 +487,10 @@ impl SessionCore {
                         let now = core.clock.now();
                         let renewed = Arc::new(data.with_expiry(stored, &core.config, now));
                         core.cache_insert(token, Arc::clone(&renewed), revocations_seen);
-                        data.supersede();
+                        // Copies with the old expiry may sit in hot tables
+                        // (not only `data`: a load may have replaced it
+                        // meanwhile): move the stripe so that none answers.
+                        core.revocations.bump(token.hash_prefix());
                         Ok(Some(renewed))
                     }
                 }

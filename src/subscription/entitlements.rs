@@ -92,7 +92,7 @@ impl EntitlementsCore {
         let fresh = |cached: &OrganizationSubscriptions| cached.is_fresh(now);
         let hot = HOT_ORGANIZATIONS.try_with(|table| {
             table
-                .borrow()
+                .borrow_mut()
                 .get(self.owner, key_hash, organization_id, generation, fresh)
         });
         if let Ok(Some(cached)) = hot {

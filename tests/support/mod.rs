@@ -31,6 +31,7 @@ pub struct ProbeStore {
     pub fail_extend: Arc<AtomicBool>,
     pub hang: Arc<AtomicBool>,
     gate: watch::Sender<bool>,
+    extend_gate: watch::Sender<bool>,
 }
 
 impl Default for ProbeStore {
@@ -42,6 +43,7 @@ impl Default for ProbeStore {
 impl ProbeStore {
     pub fn new(inner: MemorySessionStore) -> Self {
         let (gate, _) = watch::channel(true);
+        let (extend_gate, _) = watch::channel(true);
         Self {
             inner,
             loads: Arc::default(),
@@ -51,6 +53,7 @@ impl ProbeStore {
             fail_extend: Arc::default(),
             hang: Arc::default(),
             gate,
+            extend_gate,
         }
     }
 
@@ -69,6 +72,15 @@ impl ProbeStore {
 
     pub fn open_gate(&self) {
         self.gate.send_replace(true);
+    }
+
+    /// Only extends wait, until [`open_extend_gate`](Self::open_extend_gate).
+    pub fn close_extend_gate(&self) {
+        self.extend_gate.send_replace(false);
+    }
+
+    pub fn open_extend_gate(&self) {
+        self.extend_gate.send_replace(true);
     }
 
     async fn pass(&self) -> Result<(), StoreError> {
@@ -107,6 +119,7 @@ impl SessionStore for ProbeStore {
         now: SystemTime,
     ) -> Result<Option<SystemTime>, StoreError> {
         self.extends.fetch_add(1, Ordering::SeqCst);
+        let _ = self.extend_gate.subscribe().wait_for(|open| *open).await;
         self.pass().await?;
         if self.fail_extend.load(Ordering::SeqCst) {
             return Err(StoreError::backend(InjectedFailure));
