@@ -7,25 +7,54 @@ use std::sync::Arc;
 
 const STRIPES: usize = 64;
 
-/// One counter per stripe of keys: a revocation or invalidation bumps the
-/// stripe of its key, and a load caches what it read only if its stripe did
-/// not move meanwhile. Striping keeps a change to one key from stopping
-/// concurrent loads of unrelated keys from being cached.
+/// Two counters per stripe of keys.
+///
+/// * The load counter: a revocation or invalidation bumps the stripe of its
+///   key *before* removing it, and a load caches what it read only if its
+///   stripe did not move meanwhile.
+/// * The hot counter: bumped *after* a removal, and after a renewed copy
+///   replaced an older one; a per-thread hot-table slot (see `crate::hot`)
+///   answers only while its stripe's hot counter is where it was when the
+///   slot's entry was fetched.
+///
+/// Two counters, because a renewal must retire the hot copies of the old
+/// expiry without making a load that raced it drop the renewed entry from
+/// the cache (which would make the next due request write again). Striping
+/// keeps a change to one key from disturbing unrelated keys.
 pub(crate) struct Generations {
     stripes: [AtomicU64; STRIPES],
+    hot_stripes: [AtomicU64; STRIPES],
+}
+
+/// The stripe of a key: the top six bits of its hash (multiplicative
+/// hashes are best mixed at the top).
+fn stripe_index(key_hash: u64) -> usize {
+    (key_hash >> 58) as usize
 }
 
 impl Generations {
     pub(crate) fn new() -> Self {
         Self {
             stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+            hot_stripes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
     fn stripe(&self, key_hash: u64) -> &AtomicU64 {
-        // The top six bits pick one of the 64 stripes (multiplicative
-        // hashes are best mixed at the top).
-        &self.stripes[(key_hash >> 58) as usize]
+        &self.stripes[stripe_index(key_hash)]
+    }
+
+    /// The hot counter of the key hashing to `key_hash`: read before
+    /// fetching an entry for a hot table, compared on every use.
+    #[inline]
+    pub(crate) fn hot_current(&self, key_hash: u64) -> u64 {
+        self.hot_stripes[stripe_index(key_hash)].load(Ordering::SeqCst)
+    }
+
+    /// A newer copy of the key replaced an older one in the cache: hot
+    /// tables stop answering with the older one.
+    pub(crate) fn replaced(&self, key_hash: u64) {
+        self.hot_stripes[stripe_index(key_hash)].fetch_add(1, Ordering::SeqCst);
     }
 
     /// The current generation of the key hashing to `key_hash`.
@@ -38,20 +67,21 @@ impl Generations {
         self.stripe(key_hash).fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Marks a change to every key (when the keys changed are unknown).
+    /// Marks a change to every key (when the keys changed are unknown),
+    /// on both counters.
     pub(crate) fn bump_all(&self) {
-        for stripe in &self.stripes {
+        for stripe in self.stripes.iter().chain(&self.hot_stripes) {
             stripe.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     /// Removes `key` from `cache` so that no copy of it is used again.
     ///
-    /// The stripe moves before the removal (a load racing it does not put
-    /// what it read back, see [`insert_unless_changed`](Self::insert_unless_changed))
-    /// and after it (a hot-table slot filled from the removed copy, whose
-    /// generation was read before that copy was fetched, no longer matches;
-    /// see `crate::hot`).
+    /// The load counter moves before the removal (a load racing it does not
+    /// put what it read back, see [`insert_unless_changed`](Self::insert_unless_changed))
+    /// and the hot counter after it (a hot-table slot filled from the
+    /// removed copy read its counter before that copy was fetched, so
+    /// before this bump, and no longer matches).
     pub(crate) fn remove<K, Q, V, S>(
         &self,
         cache: &moka::sync::Cache<K, V, S>,
@@ -65,7 +95,7 @@ impl Generations {
     {
         self.bump(key_hash);
         cache.invalidate(key);
-        self.bump(key_hash);
+        self.replaced(key_hash);
     }
 
     /// Caches `value` for `key` unless its stripe moved since `seen` (when
@@ -123,5 +153,20 @@ mod tests {
         assert_eq!(generations.current(key(4, 0)), 1);
         assert_eq!(generations.current(key(3, 0)), 2);
         assert_eq!(generations.current(key(63, 7)), 1);
+    }
+
+    #[test]
+    fn a_replacement_moves_only_the_hot_counter_and_bump_all_moves_both() {
+        let generations = Generations::new();
+        let key = |stripe: u64| stripe << 58;
+        generations.replaced(key(5));
+        assert_eq!(generations.hot_current(key(5)), 1);
+        assert_eq!(generations.current(key(5)), 0, "loads are not disturbed");
+        assert_eq!(generations.hot_current(key(6)), 0);
+        generations.bump(key(6));
+        assert_eq!(generations.hot_current(key(6)), 0);
+        generations.bump_all();
+        assert_eq!(generations.hot_current(key(6)), 1);
+        assert_eq!(generations.current(key(6)), 2);
     }
 }

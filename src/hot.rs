@@ -8,12 +8,13 @@
 //! last entries it was given and use them again without asking moka, as
 //! long as nothing invalidated them since:
 //!
-//! - each slot remembers the invalidation [`Generations`] of its key's
-//!   stripe, read *before* the entry was fetched; every removal bumps the
-//!   stripe before and after it (see [`Generations::remove`]), and a
-//!   session renewal bumps it once the renewed copy is cached, so a slot
-//!   filled with an entry that was removed or renewed no longer matches
-//!   (and is dropped when next looked at);
+//! - each slot remembers the hot counter of its key's stripe
+//!   ([`Generations::hot_current`]), read *before* the entry was fetched;
+//!   every removal bumps it after the removal (see [`Generations::remove`]),
+//!   and a session renewal once the renewed copy is cached
+//!   ([`Generations::replaced`]), so a slot filled with an entry that was
+//!   removed or renewed no longer matches (and is dropped when next looked
+//!   at);
 //! - the callers still check the entry's own freshness (cache TTL, expiry,
 //!   the "trusted" flag) on every use, exactly as for a moka hit.
 //!
@@ -30,6 +31,8 @@
 //!
 //! [`Generations`]: crate::generations::Generations
 //! [`Generations::remove`]: crate::generations::Generations::remove
+//! [`Generations::hot_current`]: crate::generations::Generations::hot_current
+//! [`Generations::replaced`]: crate::generations::Generations::replaced
 
 use std::borrow::Borrow;
 use std::sync::atomic::{AtomicU64, Ordering};

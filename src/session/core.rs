@@ -282,8 +282,9 @@ impl SessionCore {
         activity: bool,
     ) -> Result<Arc<SessionData>, Option<Arc<SessionData>>> {
         let key_hash = token.hash_prefix();
-        // Read before the fetch: a revocation after it moves the stripe.
-        let generation = self.revocations.current(key_hash);
+        // Read before the fetch: a revocation or renewal after it moves
+        // the stripe.
+        let generation = self.revocations.hot_current(key_hash);
         let valid = |data: &SessionData| self.classify(data, now, activity) == Verdict::Valid;
         let hot = HOT_SESSIONS.try_with(|table| {
             table
@@ -489,8 +490,8 @@ impl SessionCore {
                         core.cache_insert(token, Arc::clone(&renewed), revocations_seen);
                         // Copies with the old expiry may sit in hot tables
                         // (not only `data`: a load may have replaced it
-                        // meanwhile): move the stripe so that none answers.
-                        core.revocations.bump(token.hash_prefix());
+                        // meanwhile): none of them may answer any more.
+                        core.revocations.replaced(token.hash_prefix());
                         Ok(Some(renewed))
                     }
                 }

@@ -88,7 +88,7 @@ impl EntitlementsCore {
     ) -> Result<Arc<OrganizationSubscriptions>, Option<Arc<OrganizationSubscriptions>>> {
         let key_hash = self.stripe(organization_id);
         // Read before the fetch: an invalidation after it moves the stripe.
-        let generation = self.invalidations.current(key_hash);
+        let generation = self.invalidations.hot_current(key_hash);
         let fresh = |cached: &OrganizationSubscriptions| cached.is_fresh(now);
         let hot = HOT_ORGANIZATIONS.try_with(|table| {
             table
