@@ -968,6 +968,55 @@ async fn a_renewal_is_seen_by_reads_that_cached_a_newer_load_meanwhile() {
     assert_eq!(read.body["expires_at"], renewed.body["expires_at"]);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_load_that_read_before_a_renewal_does_not_put_the_old_expiry_back() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let writes = echo_service(fixture.layer.clone());
+    let reads = echo_service(fixture.layer.clone().validate_only());
+    fixture.clock.advance(21 * HOUR);
+    assert_eq!(
+        send(&reads, with_token(&token)).await.status,
+        StatusCode::OK
+    );
+
+    // A renewal starts and waits in the store ...
+    fixture.store.close_extend_gate();
+    let write = tokio::spawn({
+        let writes = writes.clone();
+        async move { send(&writes, with_token(&token)).await }
+    });
+    while fixture.store.extends() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // ... the cache TTL passes, and a read's load reads the old expiry
+    // from the store and waits before caching it ...
+    fixture.clock.advance(31 * SECOND);
+    fixture.store.close_load_gate();
+    let loads_before = fixture.store.loads();
+    let read = tokio::spawn({
+        let reads = reads.clone();
+        async move { send(&reads, with_token(&token)).await }
+    });
+    while fixture.store.loads() == loads_before {
+        tokio::task::yield_now().await;
+    }
+    // ... while the renewal lands.
+    fixture.store.open_extend_gate();
+    let renewed = write.await.expect("write");
+    assert_eq!(renewed.body["renewed"], true);
+    fixture.store.open_load_gate();
+    let raced = read.await.expect("read");
+    assert_eq!(raced.body["expires_at"], renewed.body["expires_at"]);
+
+    // The cache kept the renewed copy: reads report it, writes write nothing.
+    let read = send(&reads, with_token(&token)).await;
+    assert_eq!(read.body["expires_at"], renewed.body["expires_at"]);
+    let write = send(&writes, with_token(&token)).await;
+    assert_eq!(write.body["renewed"], false);
+    assert_eq!(fixture.store.extends(), 1);
+}
+
 #[tokio::test]
 async fn a_renewal_that_finds_the_session_gone_ends_it_for_reads_too() {
     // 10 s sessions renewed within 5 s: due well inside the 30 s cache TTL.

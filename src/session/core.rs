@@ -443,11 +443,22 @@ impl SessionCore {
                 Ok(record.map(|record| {
                     let now = core.clock.now();
                     let data = Arc::new(SessionData::from_record(record, &core.config, now));
-                    if data.expires_at > now {
-                        core.cache_insert(token, Arc::clone(&data), revocations_seen);
-                    } else {
+                    if data.expires_at <= now {
                         core.cache.invalidate(&token);
+                        return data;
                     }
+                    // A renewal that landed while this read was under way
+                    // cached a later expiry: keep it, rather than put the
+                    // older copy back over it (reads would report the old
+                    // expiry, and the next due request would write again).
+                    if let Some(current) = core.cache.get(&token) {
+                        if current.expires_at > data.expires_at
+                            && current.confirmed.load(Ordering::Acquire)
+                        {
+                            return current;
+                        }
+                    }
+                    core.cache_insert(token, Arc::clone(&data), revocations_seen);
                     data
                 }))
             }

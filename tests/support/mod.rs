@@ -32,6 +32,7 @@ pub struct ProbeStore {
     pub hang: Arc<AtomicBool>,
     gate: watch::Sender<bool>,
     extend_gate: watch::Sender<bool>,
+    load_gate: watch::Sender<bool>,
 }
 
 impl Default for ProbeStore {
@@ -44,6 +45,7 @@ impl ProbeStore {
     pub fn new(inner: MemorySessionStore) -> Self {
         let (gate, _) = watch::channel(true);
         let (extend_gate, _) = watch::channel(true);
+        let (load_gate, _) = watch::channel(true);
         Self {
             inner,
             loads: Arc::default(),
@@ -54,6 +56,7 @@ impl ProbeStore {
             hang: Arc::default(),
             gate,
             extend_gate,
+            load_gate,
         }
     }
 
@@ -83,6 +86,15 @@ impl ProbeStore {
         self.extend_gate.send_replace(true);
     }
 
+    /// Only loads wait (after reading), until [`open_load_gate`](Self::open_load_gate).
+    pub fn close_load_gate(&self) {
+        self.load_gate.send_replace(false);
+    }
+
+    pub fn open_load_gate(&self) {
+        self.load_gate.send_replace(true);
+    }
+
     async fn pass(&self) -> Result<(), StoreError> {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
@@ -108,6 +120,7 @@ impl SessionStore for ProbeStore {
         // Read first, then wait at the gate: a closed gate holds an answer
         // that may go stale meanwhile.
         let answer = self.inner.load(id).await;
+        let _ = self.load_gate.subscribe().wait_for(|open| *open).await;
         self.pass().await?;
         answer
     }
