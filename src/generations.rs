@@ -5,6 +5,8 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use moka::ops::compute::{CompResult, Op};
+
 const STRIPES: usize = 64;
 
 /// Two counters per stripe of keys.
@@ -105,6 +107,10 @@ impl Generations {
     /// happened meanwhile; a change that comes after the insert invalidates
     /// it itself. So no reader ever trusts a copy read before a revocation
     /// or invalidation that has already returned.
+    ///
+    /// A value older than the cached one ([`Confirmed::is_older_than`], say
+    /// a load that read the store before a renewal landed) is not put over
+    /// it: the check and the insert are one atomic step of moka's entry.
     pub(crate) fn insert_unless_changed<K, V, S>(
         &self,
         cache: &moka::sync::Cache<K, Arc<V>, S>,
@@ -122,7 +128,16 @@ impl Generations {
             cache.invalidate(&key);
             return;
         }
-        cache.insert(key.clone(), Arc::clone(&value));
+        let outcome = cache
+            .entry(key.clone())
+            .and_compute_with(|cached| match cached {
+                Some(cached) if value.is_older_than(cached.value()) => Op::Nop,
+                _ => Op::Put(Arc::clone(&value)),
+            });
+        if matches!(outcome, CompResult::Unchanged(_) | CompResult::StillNone(_)) {
+            // Not cached (older than what is): nothing to confirm.
+            return;
+        }
         if self.current(key_hash) == seen {
             value.confirmed().store(true, Ordering::Release);
         } else {
@@ -135,6 +150,13 @@ impl Generations {
 /// once nothing raced its insert; readers trust only confirmed values.
 pub(crate) trait Confirmed {
     fn confirmed(&self) -> &AtomicBool;
+
+    /// Whether this value is older information than `cached`, so that it
+    /// must not replace it. By default nothing is older: a newer insert
+    /// always wins.
+    fn is_older_than(&self, _cached: &Self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +175,55 @@ mod tests {
         assert_eq!(generations.current(key(4, 0)), 1);
         assert_eq!(generations.current(key(3, 0)), 2);
         assert_eq!(generations.current(key(63, 7)), 1);
+    }
+
+    struct Versioned {
+        version: u64,
+        confirmed: AtomicBool,
+    }
+
+    impl Confirmed for Versioned {
+        fn confirmed(&self) -> &AtomicBool {
+            &self.confirmed
+        }
+
+        fn is_older_than(&self, cached: &Self) -> bool {
+            self.version < cached.version
+        }
+    }
+
+    fn versioned(version: u64) -> Arc<Versioned> {
+        Arc::new(Versioned {
+            version,
+            confirmed: AtomicBool::new(false),
+        })
+    }
+
+    #[test]
+    fn an_older_value_never_replaces_a_newer_one() {
+        let generations = Generations::new();
+        let cache: moka::sync::Cache<u64, Arc<Versioned>> = moka::sync::Cache::new(10);
+        let (two, one, three) = (versioned(2), versioned(1), versioned(3));
+        generations.insert_unless_changed(&cache, 7, 7, Arc::clone(&two), 0);
+        generations.insert_unless_changed(&cache, 7, 7, Arc::clone(&one), 0);
+        assert_eq!(cache.get(&7).map(|cached| cached.version), Some(2));
+        assert!(two.confirmed.load(Ordering::Acquire));
+        assert!(!one.confirmed.load(Ordering::Acquire), "never cached");
+        generations.insert_unless_changed(&cache, 7, 7, Arc::clone(&three), 0);
+        assert_eq!(cache.get(&7).map(|cached| cached.version), Some(3));
+        assert!(three.confirmed.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn a_load_that_raced_a_change_is_not_cached() {
+        let generations = Generations::new();
+        let cache: moka::sync::Cache<u64, Arc<Versioned>> = moka::sync::Cache::new(10);
+        let seen = generations.current(7);
+        generations.bump(7);
+        let value = versioned(1);
+        generations.insert_unless_changed(&cache, 7, 7, Arc::clone(&value), seen);
+        assert!(cache.get(&7).is_none());
+        assert!(!value.confirmed.load(Ordering::Acquire));
     }
 
     #[test]

@@ -172,6 +172,12 @@ impl Confirmed for SessionData {
     fn confirmed(&self) -> &AtomicBool {
         &self.confirmed
     }
+
+    /// Stores only ever move `expires_at` forward, so a copy with an
+    /// earlier one was read before a renewal that the cache already holds.
+    fn is_older_than(&self, cached: &Self) -> bool {
+        self.expires_at < cached.expires_at
+    }
 }
 
 fn renew_after(expires_at: SystemTime, config: &SessionConfig) -> SystemTime {
@@ -443,20 +449,17 @@ impl SessionCore {
                 Ok(record.map(|record| {
                     let now = core.clock.now();
                     let data = Arc::new(SessionData::from_record(record, &core.config, now));
+                    // A renewal that landed while this read was under way
+                    // cached a later expiry: answer with that copy (the
+                    // insert below would not replace it either).
+                    if let Some(current) = core.cache.get(&token) {
+                        if current.expires_at > data.expires_at && core.is_trusted(&current, now) {
+                            return current;
+                        }
+                    }
                     if data.expires_at <= now {
                         core.cache.invalidate(&token);
                         return data;
-                    }
-                    // A renewal that landed while this read was under way
-                    // cached a later expiry: keep it, rather than put the
-                    // older copy back over it (reads would report the old
-                    // expiry, and the next due request would write again).
-                    if let Some(current) = core.cache.get(&token) {
-                        if current.expires_at > data.expires_at
-                            && current.confirmed.load(Ordering::Acquire)
-                        {
-                            return current;
-                        }
                     }
                     core.cache_insert(token, Arc::clone(&data), revocations_seen);
                     data
