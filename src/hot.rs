@@ -35,17 +35,80 @@
 //! [`Generations::replaced`]: crate::generations::Generations::replaced
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::LocalKey;
+
+use crate::generations::Generations;
 
 /// Slots per thread and kind of entry (a power of two).
 const SLOTS: usize = 64;
 
-/// A process-unique id for one cache, so that tables shared by every
-/// layer of a thread never answer one layer with another's entry.
-pub(crate) fn new_owner_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+/// One cache's way into the per-thread tables of its kind of entry.
+pub(crate) struct HotFront<K: 'static, V: 'static> {
+    tables: &'static LocalKey<RefCell<HotTable<K, V>>>,
+    /// A process-unique id, so that tables shared by every layer of a
+    /// thread never answer one layer with another's entry.
+    owner: u64,
+}
+
+impl<K, V> HotFront<K, V> {
+    pub(crate) fn new(tables: &'static LocalKey<RefCell<HotTable<K, V>>>) -> Self {
+        static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+        Self {
+            tables,
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The hot path's lookup of `key` (hashing to `key_hash`): a copy that
+    /// is `usable` as is (`Ok`), from this thread's table or else `cache`,
+    /// or whatever `cache` holds, for the slow path (`Err`).
+    ///
+    /// The hot counter is read before anything is fetched, so a removal or
+    /// replacement that comes after it retires what this call offers to the
+    /// table. `owned_key` makes the table's key from the cached value.
+    #[inline]
+    pub(crate) fn lookup<Q, S>(
+        &self,
+        cache: &moka::sync::Cache<K, Arc<V>, S>,
+        generations: &Generations,
+        key_hash: u64,
+        key: &Q,
+        owned_key: impl FnOnce(&Arc<V>) -> K,
+        usable: impl Fn(&V) -> bool,
+    ) -> Result<Arc<V>, Option<Arc<V>>>
+    where
+        K: Borrow<Q> + Hash + Eq + Send + Sync,
+        Q: Hash + Eq + ?Sized,
+        V: Send + Sync,
+        S: BuildHasher + Clone + Send + Sync + 'static,
+    {
+        let generation = generations.hot_current(key_hash);
+        let hot = self.tables.try_with(|table| {
+            table
+                .borrow_mut()
+                .get(self.owner, key_hash, key, generation, &usable)
+        });
+        if let Ok(Some(value)) = hot {
+            return Ok(value);
+        }
+        match cache.get(key) {
+            Some(value) if usable(&value) => {
+                // Unavailable only while the thread exits: then just skip.
+                let _ = self.tables.try_with(|table| {
+                    let owned_key = || owned_key(&value);
+                    table
+                        .borrow_mut()
+                        .offer(self.owner, key_hash, owned_key, generation, &value);
+                });
+                Ok(value)
+            }
+            other => Err(other),
+        }
+    }
 }
 
 struct Slot<K, V> {

@@ -20,7 +20,7 @@ use super::token::{SessionId, SessionToken};
 use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
 use crate::error::{StoreError, STORE_RETRY_INTERVAL};
 use crate::generations::{Confirmed, Generations};
-use crate::hot::{self, HotTable};
+use crate::hot::{HotFront, HotTable};
 use crate::rejection::{ErrorCode, Rejection};
 use crate::single_flight::SingleFlight;
 
@@ -244,8 +244,8 @@ pub(crate) struct SessionCore {
     /// one does not put the revoked record back into the cache, and no
     /// thread's hot table keeps answering with it.
     revocations: Generations,
-    /// This cache's id in the per-thread hot tables.
-    owner: u64,
+    /// This cache's per-thread hot tables.
+    hot: HotFront<SessionToken, SessionData>,
 }
 
 thread_local! {
@@ -273,7 +273,7 @@ impl SessionCore {
             config,
             clock,
             revocations: Generations::new(),
-            owner: hot::new_owner_id(),
+            hot: HotFront::new(&HOT_SESSIONS),
         }
     }
 
@@ -287,31 +287,14 @@ impl SessionCore {
         now: SystemTime,
         activity: bool,
     ) -> Result<Arc<SessionData>, Option<Arc<SessionData>>> {
-        let key_hash = token.hash_prefix();
-        // Read before the fetch: a revocation or renewal after it moves
-        // the stripe.
-        let generation = self.revocations.hot_current(key_hash);
-        let valid = |data: &SessionData| self.classify(data, now, activity) == Verdict::Valid;
-        let hot = HOT_SESSIONS.try_with(|table| {
-            table
-                .borrow_mut()
-                .get(self.owner, key_hash, token, generation, valid)
-        });
-        if let Ok(Some(data)) = hot {
-            return Ok(data);
-        }
-        match self.cache.get(token) {
-            Some(data) if valid(&data) => {
-                // Unavailable only while the thread exits: then just skip.
-                let _ = HOT_SESSIONS.try_with(|table| {
-                    table
-                        .borrow_mut()
-                        .offer(self.owner, key_hash, || *token, generation, &data);
-                });
-                Ok(data)
-            }
-            other => Err(other),
-        }
+        self.hot.lookup(
+            &self.cache,
+            &self.revocations,
+            token.hash_prefix(),
+            token,
+            |_| *token,
+            |data| self.classify(data, now, activity) == Verdict::Valid,
+        )
     }
 
     /// What `data` means at `now` for a request that is (or is not) activity.

@@ -16,7 +16,7 @@ use super::store::SubscriptionStore;
 use crate::clock::{Clock, CoarseClock};
 use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVAL};
 use crate::generations::Generations;
-use crate::hot::{self, HotTable};
+use crate::hot::{HotFront, HotTable};
 use crate::single_flight::SingleFlight;
 
 /// What the subscription layers do when the store fails or times out.
@@ -58,8 +58,8 @@ pub(crate) struct EntitlementsCore {
     invalidations: Generations,
     /// Hashes organization ids to their stripe of `invalidations`.
     stripe_hasher: foldhash::fast::RandomState,
-    /// This cache's id in the per-thread hot tables.
-    owner: u64,
+    /// This cache's per-thread hot tables.
+    hot: HotFront<Arc<str>, OrganizationSubscriptions>,
 }
 
 thread_local! {
@@ -86,34 +86,14 @@ impl EntitlementsCore {
         organization_id: &str,
         now: SystemTime,
     ) -> Result<Arc<OrganizationSubscriptions>, Option<Arc<OrganizationSubscriptions>>> {
-        let key_hash = self.stripe(organization_id);
-        // Read before the fetch: an invalidation after it moves the stripe.
-        let generation = self.invalidations.hot_current(key_hash);
-        let fresh = |cached: &OrganizationSubscriptions| cached.is_fresh(now);
-        let hot = HOT_ORGANIZATIONS.try_with(|table| {
-            table
-                .borrow_mut()
-                .get(self.owner, key_hash, organization_id, generation, fresh)
-        });
-        if let Ok(Some(cached)) = hot {
-            return Ok(cached);
-        }
-        match self.cache.get(organization_id) {
-            Some(cached) if fresh(&cached) => {
-                // Unavailable only while the thread exits: then just skip.
-                let _ = HOT_ORGANIZATIONS.try_with(|table| {
-                    table.borrow_mut().offer(
-                        self.owner,
-                        key_hash,
-                        || Arc::clone(&cached.organization_id),
-                        generation,
-                        &cached,
-                    );
-                });
-                Ok(cached)
-            }
-            other => Err(other),
-        }
+        self.hot.lookup(
+            &self.cache,
+            &self.invalidations,
+            self.stripe(organization_id),
+            organization_id,
+            |cached| Arc::clone(&cached.organization_id),
+            |cached| cached.is_fresh(now),
+        )
     }
 
     async fn with_timeout<T>(
@@ -455,7 +435,7 @@ impl EntitlementsBuilder {
                 clock: self.clock,
                 invalidations: Generations::new(),
                 stripe_hasher: foldhash::fast::RandomState::default(),
-                owner: hot::new_owner_id(),
+                hot: HotFront::new(&HOT_ORGANIZATIONS),
             }),
         })
     }
