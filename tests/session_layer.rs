@@ -17,7 +17,7 @@ use tower_saas_guard::session::{
 };
 use tower_saas_guard::{rfc3339_millis, Clock, ConfigError, ManualClock, RequestHead};
 
-use support::{epoch, send, Answer, Echo, ProbeStore};
+use support::{burst, epoch, send, Answer, Echo, ProbeStore};
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -90,6 +90,32 @@ impl Fixture {
             .await
             .expect("create session")
             .token
+    }
+
+    /// Deletes the record straight from the store (say, an admin tool),
+    /// behind the layer's cache.
+    async fn delete_behind_the_back(&self, token: &SessionToken) {
+        use tower_saas_guard::session::SessionStore;
+        self.store.inner.delete(&token.id()).await.expect("delete");
+    }
+
+    /// Sends `request` on `service` with the store's extends held at the
+    /// extend gate, and returns once the renewal is waiting there.
+    async fn start_held_renewal(
+        &self,
+        service: &Echo,
+        request: Request<()>,
+    ) -> tokio::task::JoinHandle<Answer> {
+        self.store.extend_gate.close();
+        let extends_before = self.store.extends();
+        let write = tokio::spawn({
+            let service = service.clone();
+            async move { send(&service, request).await }
+        });
+        while self.store.extends() == extends_before {
+            tokio::task::yield_now().await;
+        }
+        write
     }
 
     /// What the store holds as the session's expiry.
@@ -509,7 +535,7 @@ async fn a_thousand_concurrent_requests_on_a_cold_session_load_it_once() {
     // A fresh process: same store, empty cache.
     let cold = fixture.other_process();
     let service = echo_service(cold);
-    fixture.store.close_gate();
+    fixture.store.gate.close();
 
     let requests: Vec<_> = (0..1000)
         .map(|_| {
@@ -523,7 +549,7 @@ async fn a_thousand_concurrent_requests_on_a_cold_session_load_it_once() {
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
-    fixture.store.open_gate();
+    fixture.store.gate.open();
     for request in requests {
         assert_eq!(request.await.expect("task"), StatusCode::OK);
     }
@@ -540,7 +566,7 @@ async fn a_thousand_concurrent_due_requests_write_once() {
     let token = fixture.create().await;
     let service = echo_service(fixture.layer.clone());
     fixture.clock.advance(21 * HOUR);
-    fixture.store.close_gate();
+    fixture.store.gate.close();
 
     let requests: Vec<_> = (0..1000)
         .map(|_| {
@@ -553,7 +579,7 @@ async fn a_thousand_concurrent_due_requests_write_once() {
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
-    fixture.store.open_gate();
+    fixture.store.gate.open();
     let renewed_to = rfc3339_millis(fixture.clock.now() + 24 * HOUR);
     for request in requests {
         let answer = request.await.expect("task");
@@ -594,33 +620,14 @@ async fn a_revocation_is_seen_at_once_by_every_thread() {
     let fixture = Fixture::new();
     let token = fixture.create().await;
     let service = echo_service(fixture.layer.clone());
-    let burst = |expected: StatusCode| {
-        let requests: Vec<_> = (0..200)
-            .map(|_| {
-                tokio::spawn({
-                    let service = service.clone();
-                    async move {
-                        for _ in 0..3 {
-                            let status = send(&service, with_token(&token)).await.status;
-                            assert_eq!(status, expected);
-                        }
-                    }
-                })
-            })
-            .collect();
-        async move {
-            for request in requests {
-                request.await.expect("every request answered as expected");
-            }
-        }
-    };
+    let request = move || with_token(&token);
     // Both worker threads now hold the session in their hot tables.
-    burst(StatusCode::OK).await;
+    burst(&service, request, StatusCode::OK).await;
     // Requests keep arriving on both threads while the revocation runs.
     let during = burst_during(&service, token);
     assert!(fixture.layer.handle().revoke(&token).await.expect("revoke"));
     during.await.expect("concurrent requests");
-    burst(StatusCode::UNAUTHORIZED).await;
+    burst(&service, request, StatusCode::UNAUTHORIZED).await;
 }
 
 /// Requests on the session while something else happens: each may pass or
@@ -695,7 +702,7 @@ async fn a_load_that_raced_a_revocation_does_not_put_the_session_back() {
     let token = fixture.create().await;
     let cold = fixture.other_process();
     let service = echo_service(cold.clone());
-    fixture.store.close_gate();
+    fixture.store.gate.close();
     // This load reads the live record, then waits at the gate.
     let racing = tokio::spawn({
         let service = service.clone();
@@ -706,7 +713,7 @@ async fn a_load_that_raced_a_revocation_does_not_put_the_session_back() {
     }
     assert_eq!(fixture.store.loads(), 1);
     assert!(cold.handle().revoke(&token).await.expect("revoke"));
-    fixture.store.open_gate();
+    fixture.store.gate.open();
     assert_eq!(
         racing.await.expect("task"),
         StatusCode::OK,
@@ -912,16 +919,7 @@ async fn session_revoked_before_its_renewal_is_not_found() {
         send(&service, with_token(&token)).await.status,
         StatusCode::OK
     );
-    // Deleted behind this process's back (say, by an admin tool).
-    {
-        use tower_saas_guard::session::SessionStore;
-        fixture
-            .store
-            .inner
-            .delete(&token.id())
-            .await
-            .expect("delete");
-    }
+    fixture.delete_behind_the_back(&token).await;
     fixture.clock.advance(21 * HOUR);
     assert_rejected(
         &send(&service, with_token(&token)).await,
@@ -942,14 +940,9 @@ async fn a_renewal_is_seen_by_reads_that_cached_a_newer_load_meanwhile() {
     );
 
     // A renewal starts from that copy and waits in the store ...
-    fixture.store.close_extend_gate();
-    let write = tokio::spawn({
-        let writes = writes.clone();
-        async move { send(&writes, with_token(&token)).await }
-    });
-    while fixture.store.extends() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let write = fixture
+        .start_held_renewal(&writes, with_token(&token))
+        .await;
     // ... while the cache TTL passes and reads load a newer copy, which
     // this thread keeps using.
     fixture.clock.advance(31 * SECOND);
@@ -959,7 +952,7 @@ async fn a_renewal_is_seen_by_reads_that_cached_a_newer_load_meanwhile() {
             StatusCode::OK
         );
     }
-    fixture.store.open_extend_gate();
+    fixture.store.extend_gate.open();
     let renewed = write.await.expect("write");
     assert_eq!(renewed.body["renewed"], true);
 
@@ -981,18 +974,13 @@ async fn a_load_that_read_before_a_renewal_does_not_put_the_old_expiry_back() {
     );
 
     // A renewal starts and waits in the store ...
-    fixture.store.close_extend_gate();
-    let write = tokio::spawn({
-        let writes = writes.clone();
-        async move { send(&writes, with_token(&token)).await }
-    });
-    while fixture.store.extends() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let write = fixture
+        .start_held_renewal(&writes, with_token(&token))
+        .await;
     // ... the cache TTL passes, and a read's load reads the old expiry
     // from the store and waits before caching it ...
     fixture.clock.advance(31 * SECOND);
-    fixture.store.close_load_gate();
+    fixture.store.load_gate.close();
     let loads_before = fixture.store.loads();
     let read = tokio::spawn({
         let reads = reads.clone();
@@ -1002,10 +990,10 @@ async fn a_load_that_read_before_a_renewal_does_not_put_the_old_expiry_back() {
         tokio::task::yield_now().await;
     }
     // ... while the renewal lands.
-    fixture.store.open_extend_gate();
+    fixture.store.extend_gate.open();
     let renewed = write.await.expect("write");
     assert_eq!(renewed.body["renewed"], true);
-    fixture.store.open_load_gate();
+    fixture.store.load_gate.open();
     let raced = read.await.expect("read");
     assert_eq!(raced.body["expires_at"], renewed.body["expires_at"]);
 
@@ -1031,15 +1019,7 @@ async fn a_renewal_that_finds_the_session_gone_ends_it_for_reads_too() {
             StatusCode::OK
         );
     }
-    {
-        use tower_saas_guard::session::SessionStore;
-        fixture
-            .store
-            .inner
-            .delete(&token.id())
-            .await
-            .expect("delete");
-    }
+    fixture.delete_behind_the_back(&token).await;
     // Cached and trusted: reads still pass until the TTL or a store visit.
     assert_eq!(
         send(&reads, with_token(&token)).await.status,

@@ -17,7 +17,7 @@ use tower_saas_guard::subscription::{
 };
 use tower_saas_guard::{Clock, GuardBody, ManualClock, RequestHead};
 
-use support::{epoch, send, Answer, Echo, ProbeSubscriptions};
+use support::{burst, epoch, send, Answer, Echo, ProbeSubscriptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -222,7 +222,7 @@ async fn a_thousand_concurrent_requests_for_a_cold_organization_read_the_store_o
         .store_subscription(SubscriptionStatus::Active, None)
         .await;
     let service = echo(fixture.require());
-    fixture.store.close_gate();
+    fixture.store.gate.close();
     let requests: Vec<_> = (0..1000)
         .map(|_| {
             let service = service.clone();
@@ -232,7 +232,7 @@ async fn a_thousand_concurrent_requests_for_a_cold_organization_read_the_store_o
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
-    fixture.store.open_gate();
+    fixture.store.gate.open();
     for request in requests {
         assert_eq!(request.await.expect("task"), StatusCode::OK);
     }
@@ -272,44 +272,26 @@ async fn after_invalidate_the_next_request_sees_the_change() {
 async fn an_upgrade_and_a_cancellation_are_seen_at_once_by_every_thread() {
     let fixture = Fixture::new();
     let service = echo(fixture.require());
-    let burst = |expected: StatusCode| {
-        let requests: Vec<_> = (0..200)
-            .map(|_| {
-                tokio::spawn({
-                    let service = service.clone();
-                    async move {
-                        for _ in 0..3 {
-                            assert_eq!(send(&service, for_org("org_1")).await.status, expected);
-                        }
-                    }
-                })
-            })
-            .collect();
-        async move {
-            for request in requests {
-                request.await.expect("every request answered as expected");
-            }
-        }
-    };
+    let request = || for_org("org_1");
     // Both worker threads now hold the (free) organization in their hot tables.
-    burst(StatusCode::FORBIDDEN).await;
+    burst(&service, request, StatusCode::FORBIDDEN).await;
     let upgrade = subscription("org_1", "sub_1", SubscriptionStatus::Active, None);
     fixture.entitlements.apply(&upgrade).await.expect("apply");
-    burst(StatusCode::OK).await;
+    burst(&service, request, StatusCode::OK).await;
     let cancellation = subscription("org_1", "sub_1", SubscriptionStatus::Canceled, None);
     fixture
         .entitlements
         .apply(&cancellation)
         .await
         .expect("apply");
-    burst(StatusCode::FORBIDDEN).await;
+    burst(&service, request, StatusCode::FORBIDDEN).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_load_that_raced_an_apply_does_not_put_the_old_answer_back() {
     let fixture = Fixture::new();
     let service = echo(fixture.require());
-    fixture.store.close_gate();
+    fixture.store.gate.close();
     // This load reads "no subscription", then waits at the gate.
     let racing = tokio::spawn({
         let service = service.clone();
@@ -321,7 +303,7 @@ async fn a_load_that_raced_an_apply_does_not_put_the_old_answer_back() {
     assert_eq!(fixture.store.reads(), 1);
     let upgrade = subscription("org_1", "sub_1", SubscriptionStatus::Active, None);
     fixture.entitlements.apply(&upgrade).await.expect("apply");
-    fixture.store.open_gate();
+    fixture.store.gate.open();
     assert_eq!(
         racing.await.expect("task"),
         StatusCode::FORBIDDEN,

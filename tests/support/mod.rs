@@ -19,6 +19,31 @@ pub fn epoch() -> SystemTime {
 #[error("injected backend failure")]
 pub struct InjectedFailure;
 
+/// Holds store calls that reach it while closed, until it is opened.
+#[derive(Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(true).0))
+    }
+}
+
+impl Gate {
+    pub fn close(&self) {
+        self.0.send_replace(false);
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Waits while the gate is closed.
+    pub async fn pass(&self) {
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
+    }
+}
+
 /// Wraps a memory store; counts calls; can hold loads and extends behind a
 /// gate, fail them, or hang forever.
 #[derive(Clone)]
@@ -30,9 +55,12 @@ pub struct ProbeStore {
     pub fail: Arc<AtomicBool>,
     pub fail_extend: Arc<AtomicBool>,
     pub hang: Arc<AtomicBool>,
-    gate: watch::Sender<bool>,
-    extend_gate: watch::Sender<bool>,
-    load_gate: watch::Sender<bool>,
+    /// Holds loads (after they read) and extends.
+    pub gate: Gate,
+    /// Holds only extends.
+    pub extend_gate: Gate,
+    /// Holds only loads (after they read).
+    pub load_gate: Gate,
 }
 
 impl Default for ProbeStore {
@@ -43,9 +71,6 @@ impl Default for ProbeStore {
 
 impl ProbeStore {
     pub fn new(inner: MemorySessionStore) -> Self {
-        let (gate, _) = watch::channel(true);
-        let (extend_gate, _) = watch::channel(true);
-        let (load_gate, _) = watch::channel(true);
         Self {
             inner,
             loads: Arc::default(),
@@ -54,9 +79,9 @@ impl ProbeStore {
             fail: Arc::default(),
             fail_extend: Arc::default(),
             hang: Arc::default(),
-            gate,
-            extend_gate,
-            load_gate,
+            gate: Gate::default(),
+            extend_gate: Gate::default(),
+            load_gate: Gate::default(),
         }
     }
 
@@ -68,39 +93,11 @@ impl ProbeStore {
         self.extends.load(Ordering::SeqCst)
     }
 
-    /// Loads and extends wait until [`open_gate`](Self::open_gate).
-    pub fn close_gate(&self) {
-        self.gate.send_replace(false);
-    }
-
-    pub fn open_gate(&self) {
-        self.gate.send_replace(true);
-    }
-
-    /// Only extends wait, until [`open_extend_gate`](Self::open_extend_gate).
-    pub fn close_extend_gate(&self) {
-        self.extend_gate.send_replace(false);
-    }
-
-    pub fn open_extend_gate(&self) {
-        self.extend_gate.send_replace(true);
-    }
-
-    /// Only loads wait (after reading), until [`open_load_gate`](Self::open_load_gate).
-    pub fn close_load_gate(&self) {
-        self.load_gate.send_replace(false);
-    }
-
-    pub fn open_load_gate(&self) {
-        self.load_gate.send_replace(true);
-    }
-
     async fn pass(&self) -> Result<(), StoreError> {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        let mut gate = self.gate.subscribe();
-        let _ = gate.wait_for(|open| *open).await;
+        self.gate.pass().await;
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::backend(InjectedFailure));
         }
@@ -120,7 +117,7 @@ impl SessionStore for ProbeStore {
         // Read first, then wait at the gate: a closed gate holds an answer
         // that may go stale meanwhile.
         let answer = self.inner.load(id).await;
-        let _ = self.load_gate.subscribe().wait_for(|open| *open).await;
+        self.load_gate.pass().await;
         self.pass().await?;
         answer
     }
@@ -132,7 +129,7 @@ impl SessionStore for ProbeStore {
         now: SystemTime,
     ) -> Result<Option<SystemTime>, StoreError> {
         self.extends.fetch_add(1, Ordering::SeqCst);
-        let _ = self.extend_gate.subscribe().wait_for(|open| *open).await;
+        self.extend_gate.pass().await;
         self.pass().await?;
         if self.fail_extend.load(Ordering::SeqCst) {
             return Err(StoreError::backend(InjectedFailure));
@@ -154,39 +151,19 @@ impl SessionStore for ProbeStore {
 }
 
 /// Wraps a memory subscription store; counts reads; can gate, fail or hang.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ProbeSubscriptions {
     pub inner: tower_saas_guard::subscription::MemorySubscriptionStore,
     pub reads: Arc<AtomicUsize>,
     pub fail: Arc<AtomicBool>,
     pub hang: Arc<AtomicBool>,
-    gate: watch::Sender<bool>,
-}
-
-impl Default for ProbeSubscriptions {
-    fn default() -> Self {
-        let (gate, _) = watch::channel(true);
-        Self {
-            inner: Default::default(),
-            reads: Arc::default(),
-            fail: Arc::default(),
-            hang: Arc::default(),
-            gate,
-        }
-    }
+    /// Holds reads (after they read).
+    pub gate: Gate,
 }
 
 impl ProbeSubscriptions {
     pub fn reads(&self) -> usize {
         self.reads.load(Ordering::SeqCst)
-    }
-
-    pub fn close_gate(&self) {
-        self.gate.send_replace(false);
-    }
-
-    pub fn open_gate(&self) {
-        self.gate.send_replace(true);
     }
 
     pub fn set_failing(&self, failing: bool) {
@@ -211,8 +188,7 @@ impl tower_saas_guard::subscription::SubscriptionStore for ProbeSubscriptions {
             organization_id,
         )
         .await;
-        let mut gate = self.gate.subscribe();
-        let _ = gate.wait_for(|open| *open).await;
+        self.gate.pass().await;
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::backend(InjectedFailure));
         }
@@ -260,5 +236,27 @@ pub async fn send(service: &Echo, request: http::Request<()>) -> Answer {
         } else {
             serde_json::from_slice(&bytes).expect("JSON body")
         },
+    }
+}
+
+/// 200 concurrent tasks (spread over the runtime's workers) each send three
+/// requests made by `request`; every answer must have the `expected` status.
+pub async fn burst(
+    service: &Echo,
+    request: impl Fn() -> http::Request<()> + Clone + Send + 'static,
+    expected: http::StatusCode,
+) {
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (service, request) = (service.clone(), request.clone());
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    assert_eq!(send(&service, request()).await.status, expected);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("every request answered as expected");
     }
 }
