@@ -111,6 +111,9 @@ impl Generations {
     /// A value older than the cached one ([`Confirmed::is_older_than`], say
     /// a load that read the store before a renewal landed) is not put over
     /// it: the check and the insert are one atomic step of moka's entry.
+    ///
+    /// Returns the copy to answer with: the cached one when it was kept as
+    /// newer and is confirmed, otherwise `value`.
     pub(crate) fn insert_unless_changed<K, V, S>(
         &self,
         cache: &moka::sync::Cache<K, Arc<V>, S>,
@@ -118,7 +121,8 @@ impl Generations {
         key_hash: u64,
         value: Arc<V>,
         seen: u64,
-    ) where
+    ) -> Arc<V>
+    where
         K: Hash + Eq + Clone + Send + Sync + 'static,
         V: Confirmed + Send + Sync + 'static,
         S: BuildHasher + Clone + Send + Sync + 'static,
@@ -126,7 +130,7 @@ impl Generations {
         if self.current(key_hash) != seen {
             // Raced a change: drop whatever copy is cached, too.
             cache.invalidate(&key);
-            return;
+            return value;
         }
         let outcome = cache
             .entry(key.clone())
@@ -134,15 +138,21 @@ impl Generations {
                 Some(cached) if value.is_older_than(cached.value()) => Op::Nop,
                 _ => Op::Put(Arc::clone(&value)),
             });
-        if matches!(outcome, CompResult::Unchanged(_) | CompResult::StillNone(_)) {
-            // Not cached (older than what is): nothing to confirm.
-            return;
+        if let CompResult::Unchanged(kept) = outcome {
+            // Older than what is cached: not inserted, nothing to confirm.
+            let kept = kept.into_value();
+            return if kept.confirmed().load(Ordering::Acquire) {
+                kept
+            } else {
+                value
+            };
         }
         if self.current(key_hash) == seen {
             value.confirmed().store(true, Ordering::Release);
         } else {
             cache.invalidate(&key);
         }
+        value
     }
 }
 
@@ -205,7 +215,8 @@ mod tests {
         let cache: moka::sync::Cache<u64, Arc<Versioned>> = moka::sync::Cache::new(10);
         let (two, one, three) = (versioned(2), versioned(1), versioned(3));
         generations.insert_unless_changed(&cache, 7, 7, Arc::clone(&two), 0);
-        generations.insert_unless_changed(&cache, 7, 7, Arc::clone(&one), 0);
+        let answer = generations.insert_unless_changed(&cache, 7, 7, Arc::clone(&one), 0);
+        assert_eq!(answer.version, 2, "the newer cached copy answers");
         assert_eq!(cache.get(&7).map(|cached| cached.version), Some(2));
         assert!(two.confirmed.load(Ordering::Acquire));
         assert!(!one.confirmed.load(Ordering::Acquire), "never cached");

@@ -343,15 +343,21 @@ impl SessionCore {
     }
 
     /// Caches `data` unless a revocation of its token happened since
-    /// `revocations_seen`.
-    fn cache_insert(&self, token: SessionToken, data: Arc<SessionData>, revocations_seen: u64) {
+    /// `revocations_seen` or the cache holds a later expiry; returns the
+    /// copy to answer with (that later one, if confirmed, else `data`).
+    fn cache_insert(
+        &self,
+        token: SessionToken,
+        data: Arc<SessionData>,
+        revocations_seen: u64,
+    ) -> Arc<SessionData> {
         self.revocations.insert_unless_changed(
             &self.cache,
             token,
             token.hash_prefix(),
             data,
             revocations_seen,
-        );
+        )
     }
 
     /// The slow path: load (unless `seen` is fresh and only needs a
@@ -433,19 +439,13 @@ impl SessionCore {
                     let now = core.clock.now();
                     let data = Arc::new(SessionData::from_record(record, &core.config, now));
                     // A renewal that landed while this read was under way
-                    // cached a later expiry: answer with that copy (the
-                    // insert below would not replace it either).
-                    if let Some(current) = core.cache.get(&token) {
-                        if current.expires_at > data.expires_at && core.is_trusted(&current, now) {
-                            return current;
-                        }
-                    }
-                    if data.expires_at <= now {
+                    // cached a later expiry: that copy stays and answers.
+                    let answer = core.cache_insert(token, data, revocations_seen);
+                    if answer.expires_at <= now {
+                        // Expired: resolve rejects it; nothing to keep.
                         core.cache.invalidate(&token);
-                        return data;
                     }
-                    core.cache_insert(token, Arc::clone(&data), revocations_seen);
-                    data
+                    answer
                 }))
             }
             .boxed()
@@ -484,7 +484,7 @@ impl SessionCore {
                     Some(stored) => {
                         let now = core.clock.now();
                         let renewed = Arc::new(data.with_expiry(stored, &core.config, now));
-                        core.cache_insert(token, Arc::clone(&renewed), revocations_seen);
+                        let renewed = core.cache_insert(token, renewed, revocations_seen);
                         // Copies with the old expiry may sit in hot tables
                         // (not only `data`: a load may have replaced it
                         // meanwhile): none of them may answer any more.
