@@ -559,6 +559,29 @@ impl Records {
     }
 }
 
+/// The entries of `organization_id` (conversations, files), oldest first,
+/// rendered by `to_json`; `owner` tells an entry's organization and
+/// sequence number.
+fn oldest_first<T>(
+    entries: &HashMap<String, T>,
+    organization_id: &str,
+    owner: impl Fn(&T) -> (&String, u64),
+    to_json: impl Fn(&T, &str) -> Value,
+) -> Vec<Value> {
+    let mut owned: Vec<(u64, &String, &T)> = entries
+        .iter()
+        .filter_map(|(id, entry)| {
+            let (organization, sequence) = owner(entry);
+            (organization == organization_id).then_some((sequence, id, entry))
+        })
+        .collect();
+    owned.sort_by_key(|(sequence, _, _)| *sequence);
+    owned
+        .into_iter()
+        .map(|(_, id, entry)| to_json(entry, id))
+        .collect()
+}
+
 /// What a session's payload holds: who the visitor is.
 #[derive(Debug, Serialize, Deserialize)]
 struct Visitor {
@@ -890,18 +913,13 @@ async fn operator_conversations(
     State(state): State<AppState>,
     entitlement: Entitlement,
 ) -> Json<Value> {
-    let organization_id = entitlement.organization_id();
     let records = state.records();
-    let mut conversations: Vec<(&String, &Conversation)> = records
-        .conversations
-        .iter()
-        .filter(|(_, conversation)| conversation.organization_id == organization_id)
-        .collect();
-    conversations.sort_by_key(|(_, conversation)| conversation.sequence);
-    let conversations: Vec<Value> = conversations
-        .into_iter()
-        .map(|(id, conversation)| conversation.summary_json(id))
-        .collect();
+    let conversations = oldest_first(
+        &records.conversations,
+        entitlement.organization_id(),
+        |conversation| (&conversation.organization_id, conversation.sequence),
+        Conversation::summary_json,
+    );
     Json(json!({ "conversations": conversations }))
 }
 
@@ -996,18 +1014,13 @@ async fn upload_file(
 
 /// `GET /operator/files`: the organization's files, oldest first.
 async fn list_files(State(state): State<AppState>, entitlement: Entitlement) -> Json<Value> {
-    let organization_id = entitlement.organization_id();
     let records = state.records();
-    let mut files: Vec<(&String, &StoredFile)> = records
-        .files
-        .iter()
-        .filter(|(_, file)| file.organization_id == organization_id)
-        .collect();
-    files.sort_by_key(|(_, file)| file.sequence);
-    let files: Vec<Value> = files
-        .into_iter()
-        .map(|(id, file)| file.to_json(id))
-        .collect();
+    let files = oldest_first(
+        &records.files,
+        entitlement.organization_id(),
+        |file| (&file.organization_id, file.sequence),
+        StoredFile::to_json,
+    );
     Json(json!({ "files": files }))
 }
 
