@@ -83,21 +83,15 @@ async fn a_signed_upgrade_takes_effect_on_the_very_next_request() {
     let service = gate.layer(tower::service_fn(|_: Request<()>| async {
         Ok::<_, Infallible>(Response::new(String::new()))
     }));
-    let request = || {
-        Request::builder()
+    let status = || {
+        let request = Request::builder()
             .header("x-organization-id", "org_1")
             .body(())
-            .expect("valid request")
+            .expect("valid request");
+        let answer = service.clone().oneshot(request);
+        async move { answer.await.expect("infallible").status() }
     };
-    assert_eq!(
-        service
-            .clone()
-            .oneshot(request())
-            .await
-            .expect("infallible")
-            .status(),
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(status().await, StatusCode::FORBIDDEN);
 
     let body = event("active");
     let applied = fixture
@@ -110,15 +104,7 @@ async fn a_signed_upgrade_takes_effect_on_the_very_next_request() {
         applied.current_period_end,
         Some(std::time::UNIX_EPOCH + Duration::from_secs(1_893_456_000))
     );
-    assert_eq!(
-        service
-            .clone()
-            .oneshot(request())
-            .await
-            .expect("infallible")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(status().await, StatusCode::OK);
 
     let body = event("canceled");
     fixture
@@ -126,14 +112,7 @@ async fn a_signed_upgrade_takes_effect_on_the_very_next_request() {
         .handle(Some(&fixture.signed(&body)), body.as_bytes())
         .await
         .expect("applied");
-    assert_eq!(
-        service
-            .oneshot(request())
-            .await
-            .expect("infallible")
-            .status(),
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(status().await, StatusCode::FORBIDDEN);
     assert_eq!(
         fixture.stored().await,
         1,
