@@ -60,6 +60,13 @@ pub enum ConfigError {
     /// The webhook secret is empty, so anyone could sign webhooks.
     #[error("the webhook secret must not be empty")]
     EmptyWebhookSecret,
+    /// An invalidation channel or a background task needs a Tokio runtime:
+    /// build the layer inside one (for example in `#[tokio::main]`).
+    #[error("an invalidation channel needs a Tokio runtime: build the layer inside one")]
+    NoRuntime,
+    /// The purge interval is zero.
+    #[error("the purge interval must be greater than zero")]
+    ZeroPurgeInterval,
 }
 
 /// After a store failure, how long a stale answer (or a deferred renewal) is

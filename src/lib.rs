@@ -62,6 +62,7 @@ mod error;
 mod future;
 mod generations;
 mod hot;
+pub mod invalidation;
 pub mod rejection;
 mod request;
 pub mod session;

@@ -725,7 +725,9 @@ async fn a_load_that_raced_a_revocation_does_not_put_the_session_back() {
         &send(&service, with_token(&token)).await,
         "session_not_found",
     );
-    assert_eq!(fixture.store.loads(), 2, "the raced record was not cached");
+    // Had the raced record been cached, the request above would have
+    // passed; the revoked id is remembered as unknown, so no second read.
+    assert_eq!(fixture.store.loads(), 1);
 }
 
 #[tokio::test]
@@ -1170,6 +1172,7 @@ async fn the_store_never_extends_a_record_that_has_already_expired() {
         .create(&SessionRecord {
             id: token.id(),
             organization_id: None,
+            subject: None,
             created_at: epoch(),
             expires_at,
             payload: Value::Null,

@@ -41,6 +41,7 @@ proptest! {
             store.create(&SessionRecord {
                 id: token.id(),
                 organization_id: None,
+                subject: None,
                 created_at: epoch(),
                 expires_at: start,
                 payload: serde_json::Value::Null,

@@ -2,11 +2,12 @@
 //! [`SessionHandle`]: store, cache, single-flight maps, configuration, clock.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
@@ -15,12 +16,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::store::{SessionRecord, SessionStore};
+use super::store::{PageRequest, SessionOwner, SessionPage, SessionRecord, SessionStore};
 use super::token::{SessionId, SessionToken};
 use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
-use crate::error::{StoreError, STORE_RETRY_INTERVAL};
+use crate::error::{ConfigError, StoreError, STORE_RETRY_INTERVAL};
 use crate::generations::{Confirmed, Generations};
 use crate::hot::{HotFront, HotTable};
+use crate::invalidation::{
+    ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
+};
 use crate::rejection::{ErrorCode, Rejection};
 use crate::single_flight::SingleFlight;
 
@@ -34,6 +38,9 @@ pub(crate) struct SessionConfig {
     pub(crate) cache_ttl: Duration,
     pub(crate) expired_retention: Duration,
     pub(crate) store_timeout: Duration,
+    /// How long an unknown session id is remembered; `None`: not at all.
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) negative_capacity: u64,
 }
 
 /// A session, as handlers see it in the request extensions.
@@ -60,6 +67,11 @@ impl Session {
     /// The organization the session belongs to, if any.
     pub fn organization_id(&self) -> Option<&str> {
         self.data.organization_id.as_deref()
+    }
+
+    /// The user or visitor the session belongs to, if the application named one.
+    pub fn subject(&self) -> Option<&str> {
+        self.data.subject.as_deref()
     }
 
     /// When the session was created.
@@ -94,6 +106,7 @@ impl fmt::Debug for Session {
         f.debug_struct("Session")
             .field("id", &self.data.id)
             .field("organization_id", &self.data.organization_id)
+            .field("subject", &self.data.subject)
             .field("created_at", &self.data.created_at)
             .field("expires_at", &self.data.expires_at)
             .field("renewed", &self.renewed)
@@ -108,6 +121,7 @@ impl fmt::Debug for Session {
 pub(crate) struct SessionData {
     pub(crate) id: SessionId,
     pub(crate) organization_id: Option<String>,
+    pub(crate) subject: Option<String>,
     pub(crate) created_at: SystemTime,
     pub(crate) expires_at: SystemTime,
     pub(crate) payload: Arc<Value>,
@@ -131,6 +145,7 @@ impl SessionData {
             renew_after: renew_after(record.expires_at, config),
             id: record.id,
             organization_id: record.organization_id,
+            subject: record.subject,
             created_at: record.created_at,
             expires_header: expires_header(record.expires_at),
             expires_at: record.expires_at,
@@ -143,6 +158,7 @@ impl SessionData {
         Self {
             id: self.id,
             organization_id: self.organization_id.clone(),
+            subject: self.subject.clone(),
             created_at: self.created_at,
             expires_at: self.expires_at,
             payload: Arc::clone(&self.payload),
@@ -160,6 +176,7 @@ impl SessionData {
             renew_after: renew_after(expires_at, config),
             id: self.id,
             organization_id: self.organization_id.clone(),
+            subject: self.subject.clone(),
             created_at: self.created_at,
             expires_at,
             payload: Arc::clone(&self.payload),
@@ -246,6 +263,45 @@ pub(crate) struct SessionCore {
     revocations: Generations,
     /// This cache's per-thread hot tables.
     hot: HotFront<SessionToken, SessionData>,
+    /// The token of every cached session, by id: revocations by id (a
+    /// handler's `Session`, a listing, another instance) find the entry.
+    ids: IdIndex,
+    /// Ids the store did not know, and when that was learned.
+    negative: Option<NegativeCache>,
+    /// The invalidation channel, when other instances share the store.
+    channel: Option<ChannelLink>,
+}
+
+type NegativeCache = moka::sync::Cache<SessionId, SystemTime, foldhash::fast::RandomState>;
+
+const ID_SHARDS: usize = 16;
+
+/// Session id → token for every session in the cache (a superset: entries
+/// whose session left the cache are swept out now and then).
+///
+/// Every cache insert holds the id's shard lock across the insert and the
+/// index update, and so does every lookup by id, so an id is never missing
+/// while its session is cached.
+struct IdIndex {
+    shards: [Mutex<HashMap<SessionId, SessionToken>>; ID_SHARDS],
+    /// A shard is swept when it grows past this.
+    sweep_at: usize,
+}
+
+impl IdIndex {
+    fn new(cache_capacity: u64) -> Self {
+        let per_shard = usize::try_from(cache_capacity).unwrap_or(usize::MAX) / ID_SHARDS;
+        Self {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            sweep_at: per_shard.saturating_mul(2).max(64),
+        }
+    }
+
+    fn shard(&self, id: &SessionId) -> MutexGuard<'_, HashMap<SessionId, SessionToken>> {
+        self.shards[usize::from(id.as_bytes()[0]) % ID_SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 thread_local! {
@@ -259,21 +315,44 @@ impl SessionCore {
         store: Arc<dyn SessionStore>,
         config: SessionConfig,
         clock: Arc<dyn Clock>,
-    ) -> Self {
+        channel: Option<Arc<dyn InvalidationChannel>>,
+    ) -> Result<Arc<Self>, ConfigError> {
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_capacity)
             // Housekeeping in real time; freshness is judged by `clock`.
             .time_to_live(config.cache_ttl)
             .build_with_hasher(BuildHasherDefault::<TokenHasher>::default());
-        Self {
-            store,
-            cache,
-            loads: SingleFlight::new(),
-            renewals: SingleFlight::new(),
-            config,
-            clock,
-            revocations: Generations::new(),
-            hot: HotFront::new(&HOT_SESSIONS),
+        let negative = config.negative_ttl.map(|ttl| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.negative_capacity)
+                .time_to_live(ttl)
+                .build_with_hasher(foldhash::fast::RandomState::default())
+        });
+        let mut failed = None;
+        let core = Arc::new_cyclic(|weak: &Weak<Self>| {
+            let link = channel.and_then(|channel| {
+                let target: Weak<dyn InvalidationTarget> = weak.clone();
+                ChannelLink::start(channel, config.store_timeout, target)
+                    .map_err(|error| failed = Some(error))
+                    .ok()
+            });
+            Self {
+                store,
+                cache,
+                loads: SingleFlight::new(),
+                renewals: SingleFlight::new(),
+                ids: IdIndex::new(config.cache_capacity),
+                negative,
+                channel: link,
+                config,
+                clock,
+                revocations: Generations::new(),
+                hot: HotFront::new(&HOT_SESSIONS),
+            }
+        });
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(core),
         }
     }
 
@@ -351,13 +430,67 @@ impl SessionCore {
         data: Arc<SessionData>,
         revocations_seen: u64,
     ) -> Arc<SessionData> {
-        self.revocations.insert_unless_changed(
+        let mut ids = self.ids.shard(&data.id);
+        let id = data.id;
+        let answer = self.revocations.insert_unless_changed(
             &self.cache,
             token,
             token.hash_prefix(),
             data,
             revocations_seen,
-        )
+        );
+        ids.insert(id, token);
+        if ids.len() > self.ids.sweep_at {
+            ids.retain(|_, token| self.cache.contains_key(token));
+        }
+        answer
+    }
+
+    /// Forgets the sessions `ids` (revoked here or by another instance):
+    /// their cache entries, hot copies and flights; remembers them as
+    /// unknown.
+    fn forget_ids(&self, ids: &[SessionId]) {
+        let now = self.clock.now();
+        let mut unknown = false;
+        for id in ids {
+            let token = self.ids.shard(id).remove(id);
+            match token {
+                Some(token) => self.forget_token(&token),
+                None => unknown = true,
+            }
+            if let Some(negative) = &self.negative {
+                negative.insert(*id, now);
+            }
+        }
+        if unknown {
+            // Not cached, but a load of it may be under way, or a thread's
+            // hot table may hold a copy moka has already evicted.
+            self.revocations.bump_all();
+        }
+    }
+
+    fn forget_token(&self, token: &SessionToken) {
+        self.loads.forget(token);
+        self.renewals.forget(token);
+        self.revocations
+            .remove(&self.cache, token, token.hash_prefix());
+    }
+
+    /// Whether the store said recently (within the negative TTL, on the
+    /// layer's clock) that it has no session `id`.
+    fn known_unknown(&self, id: &SessionId) -> bool {
+        let (Some(negative), Some(ttl)) = (&self.negative, self.config.negative_ttl) else {
+            return false;
+        };
+        negative
+            .get(id)
+            .is_some_and(|learned| self.clock.now() < learned + ttl)
+    }
+
+    fn publish(&self, invalidation: Invalidation) {
+        if let Some(channel) = &self.channel {
+            channel.publish(&invalidation);
+        }
     }
 
     /// The slow path: load (unless `seen` is fresh and only needs a
@@ -433,8 +566,17 @@ impl SessionCore {
                         return Ok(Some(current));
                     }
                 }
+                let id = token.id();
+                if core.known_unknown(&id) {
+                    return Ok(None);
+                }
                 let revocations_seen = core.revocations.current(token.hash_prefix());
-                let record = core.with_timeout(core.store.load(&token.id())).await?;
+                let record = core.with_timeout(core.store.load(&id)).await?;
+                if record.is_none() {
+                    if let Some(negative) = &core.negative {
+                        negative.insert(id, core.clock.now());
+                    }
+                }
                 Ok(record.map(|record| {
                     let now = core.clock.now();
                     let data = Arc::new(SessionData::from_record(record, &core.config, now));
@@ -542,6 +684,18 @@ impl SessionHandle {
         organization_id: Option<&str>,
         payload: impl Serialize,
     ) -> Result<CreatedSession, StoreError> {
+        self.create_for(organization_id, None, payload).await
+    }
+
+    /// Creates a session for `organization_id` and `subject` (the user or
+    /// visitor it belongs to, for [`list`](Self::list) and
+    /// [`revoke_all`](Self::revoke_all) by subject) carrying `payload`.
+    pub async fn create_for(
+        &self,
+        organization_id: Option<&str>,
+        subject: Option<&str>,
+        payload: impl Serialize,
+    ) -> Result<CreatedSession, StoreError> {
         let core = &self.core;
         let payload = serde_json::to_value(payload).map_err(StoreError::serialization)?;
         let token = SessionToken::generate().map_err(StoreError::randomness)?;
@@ -550,6 +704,7 @@ impl SessionHandle {
         let record = SessionRecord {
             id: token.id(),
             organization_id: organization_id.map(str::to_owned),
+            subject: subject.map(str::to_owned),
             created_at,
             expires_at,
             payload,
@@ -570,56 +725,99 @@ impl SessionHandle {
         Ok(created)
     }
 
-    /// Revokes the session of `token` in the store and this process's cache;
-    /// returns whether it existed.
+    /// Revokes the session of `token` in the store, this process's cache
+    /// and (with an invalidation channel) every other instance's; returns
+    /// whether it existed.
     pub async fn revoke(&self, token: &SessionToken) -> Result<bool, StoreError> {
         let core = &self.core;
         let existed = core.with_timeout(core.store.delete(&token.id())).await;
-        core.loads.forget(token);
-        core.renewals.forget(token);
-        core.revocations
-            .remove(&core.cache, token, token.hash_prefix());
+        core.forget_token(token);
+        core.forget_ids(&[token.id()]);
+        core.publish(Invalidation::Sessions(vec![token.id()]));
         existed
     }
 
-    /// Revokes every session of `organization_id`; returns how many the
-    /// store held.
-    pub async fn revoke_organization(&self, organization_id: &str) -> Result<u64, StoreError> {
+    /// Revokes the session with id `id` (from a [`Session`] a handler
+    /// holds, or a listing) like [`revoke`](Self::revoke); returns whether
+    /// it existed.
+    pub async fn revoke_id(&self, id: &SessionId) -> Result<bool, StoreError> {
         let core = &self.core;
-        let deleted = core
-            .with_timeout(core.store.delete_by_organization(organization_id))
-            .await;
-        // Which tokens belong to the organization is not known here.
-        core.revocations.bump_all();
-        // Tokens of flights in progress are unknown by organization: let
-        // every new request start afresh.
-        core.loads.forget_all();
-        core.renewals.forget_all();
-        let doomed: Vec<SessionToken> = core
-            .cache
-            .iter()
-            .filter(|(_, data)| data.organization_id.as_deref() == Some(organization_id))
-            .map(|(token, _)| *token)
-            .collect();
-        for token in doomed {
-            core.cache.invalidate(&token);
+        let existed = core.with_timeout(core.store.delete(id)).await;
+        core.forget_ids(&[*id]);
+        core.publish(Invalidation::Sessions(vec![*id]));
+        existed
+    }
+
+    /// Revokes every session of `owner` (an organization's, or a subject's:
+    /// "log out everywhere") through the store's index, here and on every
+    /// instance listening; returns how many the store held.
+    pub async fn revoke_all(&self, owner: SessionOwner<'_>) -> Result<u64, StoreError> {
+        let core = &self.core;
+        let ids = core.with_timeout(core.store.delete_all(owner)).await?;
+        core.forget_ids(&ids);
+        if !ids.is_empty() {
+            core.publish(Invalidation::Sessions(ids.clone()));
         }
-        // Again after the removals: hot-table slots filled from the removed
-        // copies meanwhile no longer match.
-        core.revocations.bump_all();
-        deleted
+        Ok(ids.len() as u64)
+    }
+
+    /// Revokes every session of `organization_id`; returns how many the
+    /// store held. Short for `revoke_all(SessionOwner::Organization(..))`.
+    pub async fn revoke_organization(&self, organization_id: &str) -> Result<u64, StoreError> {
+        self.revoke_all(SessionOwner::Organization(organization_id))
+            .await
+    }
+
+    /// One page of the live sessions of `owner`, oldest first, read from
+    /// the store (not the cache).
+    pub async fn list(
+        &self,
+        owner: SessionOwner<'_>,
+        page: PageRequest,
+    ) -> Result<SessionPage, StoreError> {
+        let core = &self.core;
+        let now = core.clock.now();
+        core.with_timeout(core.store.list(owner, now, page)).await
     }
 
     /// Deletes records that expired longer ago than the expired-retention
     /// setting (24 h by default); until then they answer `session_expired`.
     pub async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let core = &self.core;
-        let before = core
-            .clock
-            .now()
-            .checked_sub(core.config.expired_retention)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        core.with_timeout(core.store.purge_expired(before)).await
+        self.core.purge_expired().await
+    }
+
+    /// Starts a background task that calls [`purge_expired`](Self::purge_expired)
+    /// every `interval` (the first time after one interval; failures are
+    /// logged and retried at the next). It stops when the returned
+    /// [`PurgeTask`] is dropped, when every layer and handle of this store
+    /// is gone, or when the runtime shuts down. Needs a Tokio runtime.
+    pub fn spawn_purge(&self, interval: Duration) -> Result<PurgeTask, ConfigError> {
+        if interval.is_zero() {
+            return Err(ConfigError::ZeroPurgeInterval);
+        }
+        crate::error::check_durations(&[("purge interval", interval)])?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        let core = Arc::downgrade(&self.core);
+        let task = runtime.spawn(async move {
+            let mut ticks =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(core) = core.upgrade() else { return };
+                match core.purge_expired().await {
+                    Ok(purged) => tracing::debug!(purged, "purged expired sessions"),
+                    Err(error) => tracing::warn!(%error, "purging expired sessions failed"),
+                }
+            }
+        });
+        Ok(PurgeTask { task })
+    }
+
+    /// What the invalidation channel's listener has done so far; `None`
+    /// without a channel.
+    pub fn channel_status(&self) -> Option<ChannelStatus> {
+        self.core.channel.as_ref().map(ChannelLink::status)
     }
 
     /// Looks a session up without counting it as activity: `None` when it
@@ -636,5 +834,48 @@ impl SessionHandle {
         Ok(data
             .filter(|data| data.expires_at > core.clock.now())
             .map(|data| Session::new(data, false)))
+    }
+}
+
+impl SessionCore {
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let before = self
+            .clock
+            .now()
+            .checked_sub(self.config.expired_retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.with_timeout(self.store.purge_expired(before)).await
+    }
+}
+
+impl InvalidationTarget for SessionCore {
+    fn invalidate(&self, invalidation: &Invalidation) {
+        if let Invalidation::Sessions(ids) = invalidation {
+            self.forget_ids(ids);
+        }
+    }
+
+    fn resync(&self) {
+        self.revocations.bump_all();
+        self.loads.forget_all();
+        self.renewals.forget_all();
+        self.cache.invalidate_all();
+        // Again after the removal: hot slots filled from the dropped copies
+        // meanwhile no longer match.
+        self.revocations.bump_all();
+    }
+}
+
+/// The background purge started by [`SessionHandle::spawn_purge`]; dropping
+/// it stops the task.
+#[derive(Debug)]
+#[must_use = "the purge task stops when this is dropped"]
+pub struct PurgeTask {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PurgeTask {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -14,6 +14,7 @@ use super::source::{HeaderSource, TokenSource};
 use super::store::SessionStore;
 use crate::clock::{Clock, CoarseClock};
 use crate::error::{check_durations, ConfigError};
+use crate::invalidation::InvalidationChannel;
 use crate::rejection::{DefaultResponder, RejectionResponder};
 use crate::type_name_of;
 
@@ -31,12 +32,15 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// | [`cache_ttl`](Self::cache_ttl) | 30 s |
 /// | [`expired_retention`](Self::expired_retention) | 24 h |
 /// | [`store_timeout`](Self::store_timeout) | 2 s |
+/// | [`negative_cache_ttl`](Self::negative_cache_ttl) / [`negative_cache_capacity`](Self::negative_cache_capacity) | 5 s / 10 000 ids ([`no_negative_cache`](Self::no_negative_cache) disables it) |
+/// | [`invalidation_channel`](Self::invalidation_channel) | none |
 /// | [`clock`](Self::clock) | [`CoarseClock`] |
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct SessionRefreshBuilder {
     store: Arc<dyn SessionStore>,
     config: SessionConfig,
     clock: Arc<dyn Clock>,
+    channel: Option<Arc<dyn InvalidationChannel>>,
 }
 
 impl SessionRefreshBuilder {
@@ -98,6 +102,36 @@ impl SessionRefreshBuilder {
         self
     }
 
+    /// How long an unknown session id is remembered (5 s by default), so a
+    /// client repeating an unknown or revoked token costs one store read,
+    /// not one per request. Tokens are minted with their record, so a
+    /// remembered id can never hide a session created afterwards.
+    pub fn negative_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.config.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// How many unknown session ids are remembered at most (10 000).
+    pub fn negative_cache_capacity(mut self, capacity: u64) -> Self {
+        self.config.negative_capacity = capacity;
+        self
+    }
+
+    /// Reads the store for every unknown token (no negative cache).
+    pub fn no_negative_cache(mut self) -> Self {
+        self.config.negative_ttl = None;
+        self
+    }
+
+    /// Shares revocations with other instances through `channel` (see
+    /// [`crate::invalidation`]): revocations here are published, and
+    /// those published elsewhere drop this layer's cached copies on
+    /// receipt. `build()` then needs a Tokio runtime.
+    pub fn invalidation_channel(mut self, channel: impl InvalidationChannel) -> Self {
+        self.channel = Some(Arc::new(channel));
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<SessionRefreshLayer, ConfigError> {
         let config = &self.config;
@@ -111,7 +145,17 @@ impl SessionRefreshBuilder {
             ("cache_ttl", config.cache_ttl),
             ("expired_retention", config.expired_retention),
             ("store_timeout", config.store_timeout),
+            (
+                "negative_cache_ttl",
+                config.negative_ttl.unwrap_or_default(),
+            ),
         ])?;
+        if config.negative_ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(ConfigError::ZeroCacheTtl);
+        }
+        if config.negative_ttl.is_some() && config.negative_capacity == 0 {
+            return Err(ConfigError::ZeroCacheCapacity);
+        }
         if config.duration.is_zero() {
             return Err(ConfigError::ZeroDuration);
         }
@@ -138,7 +182,7 @@ impl SessionRefreshBuilder {
         if config.store_timeout.is_zero() {
             return Err(ConfigError::ZeroStoreTimeout);
         }
-        let core = Arc::new(SessionCore::new(self.store, self.config, self.clock));
+        let core = SessionCore::new(self.store, self.config, self.clock, self.channel)?;
         Ok(SessionRefreshLayer {
             state: Arc::new(LayerState {
                 core,
@@ -219,8 +263,11 @@ impl SessionRefreshLayer {
                 cache_ttl: Duration::from_secs(30),
                 expired_retention: 24 * HOUR,
                 store_timeout: Duration::from_secs(2),
+                negative_ttl: Some(Duration::from_secs(5)),
+                negative_capacity: 10_000,
             },
             clock: Arc::new(CoarseClock::new()),
+            channel: None,
         }
     }
 

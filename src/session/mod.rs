@@ -85,7 +85,7 @@ mod store;
 mod token;
 
 pub use self::activity::{ActivityRule, EveryRequest, ValidateOnly};
-pub use self::core::{CreatedSession, Session, SessionHandle};
+pub use self::core::{CreatedSession, PurgeTask, Session, SessionHandle};
 pub use crate::future::ResponseFuture;
 
 /// The response header that carries a session's expiry (RFC 3339 UTC, ms).
@@ -96,5 +96,8 @@ pub use self::service::SessionRefresh;
 pub use self::source::{
     BearerSource, CookieSource, HeaderSource, SameSite, TokenError, TokenSource,
 };
-pub use self::store::{MemorySessionStore, SessionRecord, SessionStore};
+pub use self::store::{
+    InvalidCursor, MemorySessionStore, PageRequest, SessionCursor, SessionOwner, SessionPage,
+    SessionRecord, SessionStore,
+};
 pub use self::token::{MalformedToken, SessionId, SessionToken};

@@ -20,6 +20,9 @@ pub struct SessionRecord {
     pub id: SessionId,
     /// The organization the session belongs to, if any.
     pub organization_id: Option<String>,
+    /// The user or visitor the session belongs to, if the application
+    /// names one (for "your devices" and "log out everywhere").
+    pub subject: Option<String>,
     /// When the session was created (whole milliseconds).
     pub created_at: SystemTime,
     /// When the session expires unless renewed (whole milliseconds).
@@ -33,6 +36,7 @@ impl std::fmt::Debug for SessionRecord {
         f.debug_struct("SessionRecord")
             .field("id", &self.id)
             .field("organization_id", &self.organization_id)
+            .field("subject", &self.subject)
             .field("created_at", &self.created_at)
             .field("expires_at", &self.expires_at)
             .field("payload", &"<redacted>")
@@ -40,11 +44,157 @@ impl std::fmt::Debug for SessionRecord {
     }
 }
 
+/// Whose sessions a listing or a bulk revocation covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOwner<'a> {
+    /// Every session of an organization ("who is online").
+    Organization(&'a str),
+    /// Every session of a subject ("your devices", "log out everywhere").
+    Subject(&'a str),
+}
+
+impl SessionOwner<'_> {
+    /// Whether `record` belongs to this owner.
+    pub fn owns(&self, record: &SessionRecord) -> bool {
+        match *self {
+            Self::Organization(organization) => {
+                record.organization_id.as_deref() == Some(organization)
+            }
+            Self::Subject(subject) => record.subject.as_deref() == Some(subject),
+        }
+    }
+}
+
+/// Where a page of a session listing starts: strictly after this
+/// (`created_at`, `id`) in the listing's order (oldest first, ties by id).
+///
+/// Its text form ([`Display`](std::fmt::Display), [`FromStr`](std::str::FromStr))
+/// is opaque to clients: hand it out as a `next_cursor` and take it back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SessionCursor {
+    /// `created_at` of the last session of the previous page.
+    pub created_at: SystemTime,
+    /// Its id.
+    pub id: SessionId,
+}
+
+impl SessionCursor {
+    /// The cursor that continues after `record`.
+    pub fn after(record: &SessionRecord) -> Self {
+        Self {
+            created_at: record.created_at,
+            id: record.id,
+        }
+    }
+
+    /// Whether `record` comes after this cursor in listing order.
+    pub fn precedes(&self, record: &SessionRecord) -> bool {
+        (record.created_at, record.id) > (self.created_at, self.id)
+    }
+}
+
+impl std::fmt::Debug for SessionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionCursor({self})")
+    }
+}
+
+impl std::fmt::Display for SessionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{}",
+            crate::clock::unix_millis(self.created_at),
+            self.id
+        )
+    }
+}
+
+/// A listing cursor that is not one this crate handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid session cursor: pass back the `next_cursor` of the previous page unchanged")]
+pub struct InvalidCursor;
+
+impl std::str::FromStr for SessionCursor {
+    type Err = InvalidCursor;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (millis, id) = text.split_once('.').ok_or(InvalidCursor)?;
+        if millis.is_empty() || !millis.bytes().all(|digit| digit.is_ascii_digit()) {
+            return Err(InvalidCursor);
+        }
+        let millis: u64 = millis.parse().map_err(|_| InvalidCursor)?;
+        let created_at = SystemTime::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_millis(millis))
+            .ok_or(InvalidCursor)?;
+        let id = SessionId::from_hex(id).ok_or(InvalidCursor)?;
+        Ok(Self { created_at, id })
+    }
+}
+
+/// Which page of a listing to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Continue after this cursor; `None` for the first page.
+    pub after: Option<SessionCursor>,
+    /// At most this many sessions (at least 1).
+    pub limit: u32,
+}
+
+impl PageRequest {
+    /// The first page, of at most `limit` sessions (a zero limit counts as 1).
+    pub fn first(limit: u32) -> Self {
+        Self {
+            after: None,
+            limit: limit.max(1),
+        }
+    }
+
+    /// The page after `cursor`, of at most `limit` sessions.
+    pub fn after(cursor: SessionCursor, limit: u32) -> Self {
+        Self {
+            after: Some(cursor),
+            limit: limit.max(1),
+        }
+    }
+}
+
+/// One page of a session listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionPage {
+    /// Live sessions, oldest first (ties by id).
+    pub sessions: Vec<SessionRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<SessionCursor>,
+}
+
+impl SessionPage {
+    /// The page made of the first `limit` of `sorted` (which may hold one
+    /// more, to tell whether another page follows). For stores that read
+    /// `limit + 1` rows.
+    pub fn from_sorted(mut sorted: Vec<SessionRecord>, limit: u32) -> Self {
+        let limit = limit.max(1) as usize;
+        let next = if sorted.len() > limit {
+            sorted.truncate(limit);
+            sorted.last().map(SessionCursor::after)
+        } else {
+            None
+        };
+        Self {
+            sessions: sorted,
+            next,
+        }
+    }
+}
+
 /// Where sessions live: implement this to put them in your own database.
 ///
 /// Object safe: layers hold an `Arc<dyn SessionStore>`. Every operation is
-/// keyed by [`SessionId`], the SHA-256 of the token. The crate's stores all
-/// pass the same conformance tests.
+/// keyed by [`SessionId`], the SHA-256 of the token. The trait is declared
+/// with [`async_trait`](https://docs.rs/async-trait): put
+/// `#[async_trait::async_trait]` on your `impl` too. The crate's stores all
+/// pass the same conformance suite (the `test-kit` feature), which a store
+/// of yours can run as well.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Inserts a new record. Ids come from 256 random bits, so a collision
@@ -70,8 +220,20 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes a record; returns whether one existed.
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError>;
 
-    /// Deletes every record of `organization_id`; returns how many.
-    async fn delete_by_organization(&self, organization_id: &str) -> Result<u64, StoreError>;
+    /// Deletes every record of `owner` (expired ones too) through the
+    /// store's index of organizations or subjects; returns their ids.
+    async fn delete_all(&self, owner: SessionOwner<'_>) -> Result<Vec<SessionId>, StoreError>;
+
+    /// The sessions of `owner` still alive at `now` (`expires_at > now`),
+    /// oldest first (by `created_at`, ties by id), strictly after
+    /// `page.after`, at most `page.limit` of them; `next` is set when more
+    /// follow.
+    async fn list(
+        &self,
+        owner: SessionOwner<'_>,
+        now: SystemTime,
+        page: PageRequest,
+    ) -> Result<SessionPage, StoreError>;
 
     /// Deletes records whose `expires_at` is before `before`; returns how many.
     async fn purge_expired(&self, before: SystemTime) -> Result<u64, StoreError>;
@@ -96,8 +258,16 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         (**self).delete(id).await
     }
-    async fn delete_by_organization(&self, organization_id: &str) -> Result<u64, StoreError> {
-        (**self).delete_by_organization(organization_id).await
+    async fn delete_all(&self, owner: SessionOwner<'_>) -> Result<Vec<SessionId>, StoreError> {
+        (**self).delete_all(owner).await
+    }
+    async fn list(
+        &self,
+        owner: SessionOwner<'_>,
+        now: SystemTime,
+        page: PageRequest,
+    ) -> Result<SessionPage, StoreError> {
+        (**self).list(owner, now, page).await
     }
     async fn purge_expired(&self, before: SystemTime) -> Result<u64, StoreError> {
         (**self).purge_expired(before).await
@@ -162,11 +332,35 @@ impl SessionStore for MemorySessionStore {
         Ok(self.records().remove(id).is_some())
     }
 
-    async fn delete_by_organization(&self, organization_id: &str) -> Result<u64, StoreError> {
+    async fn delete_all(&self, owner: SessionOwner<'_>) -> Result<Vec<SessionId>, StoreError> {
         let mut records = self.records();
-        let before = records.len();
-        records.retain(|_, record| record.organization_id.as_deref() != Some(organization_id));
-        Ok((before - records.len()) as u64)
+        let mut deleted = Vec::new();
+        records.retain(|id, record| {
+            let owned = owner.owns(record);
+            if owned {
+                deleted.push(*id);
+            }
+            !owned
+        });
+        Ok(deleted)
+    }
+
+    async fn list(
+        &self,
+        owner: SessionOwner<'_>,
+        now: SystemTime,
+        page: PageRequest,
+    ) -> Result<SessionPage, StoreError> {
+        let mut live: Vec<SessionRecord> = self
+            .records()
+            .values()
+            .filter(|record| owner.owns(record) && record.expires_at > now)
+            .filter(|record| page.after.is_none_or(|cursor| cursor.precedes(record)))
+            .cloned()
+            .collect();
+        live.sort_by_key(|record| (record.created_at, record.id));
+        live.truncate(page.limit.max(1) as usize + 1);
+        Ok(SessionPage::from_sorted(live, page.limit))
     }
 
     async fn purge_expired(&self, before: SystemTime) -> Result<u64, StoreError> {

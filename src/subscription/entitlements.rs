@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
@@ -17,6 +17,9 @@ use crate::clock::{Clock, CoarseClock};
 use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVAL};
 use crate::generations::Generations;
 use crate::hot::{HotFront, HotTable};
+use crate::invalidation::{
+    ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
+};
 use crate::single_flight::SingleFlight;
 
 /// What the subscription layers do when the store fails or times out.
@@ -60,6 +63,8 @@ pub(crate) struct EntitlementsCore {
     stripe_hasher: foldhash::fast::RandomState,
     /// This cache's per-thread hot tables.
     hot: HotFront<Arc<str>, OrganizationSubscriptions>,
+    /// The invalidation channel, when other instances share the store.
+    channel: Option<ChannelLink>,
 }
 
 thread_local! {
@@ -143,6 +148,13 @@ impl EntitlementsCore {
                 }
             }
         }
+    }
+
+    /// Forgets `organization_id` in this process (not published).
+    fn forget(&self, organization_id: &str) {
+        self.loads.forget(&Arc::from(organization_id));
+        self.invalidations
+            .remove(&self.cache, organization_id, self.stripe(organization_id));
     }
 
     fn stripe(&self, organization_id: &str) -> u64 {
@@ -273,16 +285,25 @@ impl Entitlements {
                 on_store_error: OnStoreError::FailClosed,
             },
             clock: Arc::new(CoarseClock::new()),
+            channel: None,
         }
     }
 
     /// Forgets what this process cached about `organization_id`: the next
-    /// request reads the store.
+    /// request reads the store. With an invalidation channel, every other
+    /// instance forgets it too, on receipt.
     pub fn invalidate(&self, organization_id: &str) {
         let core = &self.core;
-        core.loads.forget(&Arc::from(organization_id));
-        core.invalidations
-            .remove(&core.cache, organization_id, core.stripe(organization_id));
+        core.forget(organization_id);
+        if let Some(channel) = &core.channel {
+            channel.publish(&Invalidation::Subscriptions(organization_id.to_owned()));
+        }
+    }
+
+    /// What the invalidation channel's listener has done so far; `None`
+    /// without a channel.
+    pub fn channel_status(&self) -> Option<ChannelStatus> {
+        self.core.channel.as_ref().map(ChannelLink::status)
     }
 
     /// Stores a subscription change (upsert keyed by organization and
@@ -340,12 +361,14 @@ impl Entitlements {
 /// | [`cache_capacity`](Self::cache_capacity) | 100 000 organizations |
 /// | [`store_timeout`](Self::store_timeout) | 2 s |
 /// | [`on_store_error`](Self::on_store_error) | [`OnStoreError::FailClosed`] |
+/// | [`invalidation_channel`](Self::invalidation_channel) | none |
 /// | [`clock`](Self::clock) | [`CoarseClock`] |
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct EntitlementsBuilder {
     store: Arc<dyn SubscriptionStore>,
     config: EntitlementsConfig,
     clock: Arc<dyn Clock>,
+    channel: Option<Arc<dyn InvalidationChannel>>,
 }
 
 impl fmt::Debug for EntitlementsBuilder {
@@ -394,6 +417,16 @@ impl EntitlementsBuilder {
         self
     }
 
+    /// Shares subscription changes with other instances through `channel`
+    /// (see [`crate::invalidation`]): [`Entitlements::invalidate`] and
+    /// [`Entitlements::apply`] publish, and changes published elsewhere
+    /// drop this cache's copy on receipt. `build()` then needs a Tokio
+    /// runtime.
+    pub fn invalidation_channel(mut self, channel: impl InvalidationChannel) -> Self {
+        self.channel = Some(Arc::new(channel));
+        self
+    }
+
     /// Checks the settings and builds.
     pub fn build(self) -> Result<Entitlements, ConfigError> {
         let config = &self.config;
@@ -426,8 +459,17 @@ impl EntitlementsBuilder {
             .time_to_live(config.positive_ttl.max(config.negative_ttl) + stale_window)
             // Organization ids come from clients: a seeded hasher.
             .build_with_hasher(foldhash::fast::RandomState::default());
-        Ok(Entitlements {
-            core: Arc::new(EntitlementsCore {
+        let mut failed = None;
+        let channel = self.channel;
+        let store_timeout = self.config.store_timeout;
+        let core = Arc::new_cyclic(|weak: &Weak<EntitlementsCore>| {
+            let link = channel.and_then(|channel| {
+                let target: Weak<dyn InvalidationTarget> = weak.clone();
+                ChannelLink::start(channel, store_timeout, target)
+                    .map_err(|error| failed = Some(error))
+                    .ok()
+            });
+            EntitlementsCore {
                 store: self.store,
                 cache,
                 loads: SingleFlight::new(),
@@ -436,7 +478,27 @@ impl EntitlementsBuilder {
                 invalidations: Generations::new(),
                 stripe_hasher: foldhash::fast::RandomState::default(),
                 hot: HotFront::new(&HOT_ORGANIZATIONS),
-            }),
-        })
+                channel: link,
+            }
+        });
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(Entitlements { core }),
+        }
+    }
+}
+
+impl InvalidationTarget for EntitlementsCore {
+    fn invalidate(&self, invalidation: &Invalidation) {
+        if let Invalidation::Subscriptions(organization_id) = invalidation {
+            self.forget(organization_id);
+        }
+    }
+
+    fn resync(&self) {
+        self.invalidations.bump_all();
+        self.loads.forget_all();
+        self.cache.invalidate_all();
+        self.invalidations.bump_all();
     }
 }

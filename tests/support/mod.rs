@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
-use tower_saas_guard::session::{MemorySessionStore, SessionId, SessionRecord, SessionStore};
+use tower_saas_guard::session::{
+    MemorySessionStore, PageRequest, SessionId, SessionOwner, SessionPage, SessionRecord,
+    SessionStore,
+};
 use tower_saas_guard::StoreError;
 
 /// A fixed, round starting time for manual clocks.
@@ -141,8 +144,17 @@ impl SessionStore for ProbeStore {
         self.inner.delete(id).await
     }
 
-    async fn delete_by_organization(&self, organization_id: &str) -> Result<u64, StoreError> {
-        self.inner.delete_by_organization(organization_id).await
+    async fn delete_all(&self, owner: SessionOwner<'_>) -> Result<Vec<SessionId>, StoreError> {
+        self.inner.delete_all(owner).await
+    }
+
+    async fn list(
+        &self,
+        owner: SessionOwner<'_>,
+        now: SystemTime,
+        page: PageRequest,
+    ) -> Result<SessionPage, StoreError> {
+        self.inner.list(owner, now, page).await
     }
 
     async fn purge_expired(&self, before: SystemTime) -> Result<u64, StoreError> {
