@@ -68,6 +68,8 @@ mod request;
 pub mod session;
 mod single_flight;
 pub mod subscription;
+#[cfg(feature = "test-kit")]
+pub mod test_kit;
 
 #[cfg(feature = "axum")]
 mod axum;

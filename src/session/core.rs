@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
@@ -328,32 +328,31 @@ impl SessionCore {
                 .time_to_live(ttl)
                 .build_with_hasher(foldhash::fast::RandomState::default())
         });
-        let mut failed = None;
-        let core = Arc::new_cyclic(|weak: &Weak<Self>| {
-            let link = channel.and_then(|channel| {
-                let target: Weak<dyn InvalidationTarget> = weak.clone();
-                ChannelLink::start(channel, config.store_timeout, target)
-                    .map_err(|error| failed = Some(error))
-                    .ok()
-            });
-            Self {
-                store,
-                cache,
-                loads: SingleFlight::new(),
-                renewals: SingleFlight::new(),
-                ids: IdIndex::new(config.cache_capacity),
-                negative,
-                channel: link,
-                config,
-                clock,
-                revocations: Generations::new(),
-                hot: HotFront::new(&HOT_SESSIONS),
+        let (link, listener) = match channel {
+            Some(channel) => {
+                let (link, listener) = ChannelLink::new(channel, config.store_timeout)?;
+                (Some(link), Some(listener))
             }
+            None => (None, None),
+        };
+        let core = Arc::new(Self {
+            store,
+            cache,
+            loads: SingleFlight::new(),
+            renewals: SingleFlight::new(),
+            ids: IdIndex::new(config.cache_capacity),
+            negative,
+            channel: link,
+            config,
+            clock,
+            revocations: Generations::new(),
+            hot: HotFront::new(&HOT_SESSIONS),
         });
-        match failed {
-            Some(error) => Err(error),
-            None => Ok(core),
+        if let Some(listener) = listener {
+            let target: Arc<dyn InvalidationTarget> = Arc::clone(&core) as _;
+            listener.start(Arc::downgrade(&target));
         }
+        Ok(core)
     }
 
     /// The hot path's lookup: a copy that answers `token` at `now` as is
