@@ -18,15 +18,15 @@ use serde_json::Value;
 
 use super::store::{PageRequest, SessionOwner, SessionPage, SessionRecord, SessionStore};
 use super::token::{SessionId, SessionToken};
+use crate::cache::generations::{Confirmed, Generations};
+use crate::cache::hot::{HotFront, HotTable};
+use crate::cache::single_flight::SingleFlight;
 use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
 use crate::error::{ConfigError, StoreError, STORE_RETRY_INTERVAL};
-use crate::generations::{Confirmed, Generations};
-use crate::hot::{HotFront, HotTable};
 use crate::invalidation::{
     ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
 };
 use crate::rejection::{ErrorCode, Rejection};
-use crate::single_flight::SingleFlight;
 
 /// The settings every clone of one layer shares.
 #[derive(Debug, Clone)]

@@ -13,14 +13,14 @@ use futures_util::FutureExt;
 use super::model::{Subscription, SubscriptionStatus};
 use super::policy::{Entitlement, EntitlementPolicy, EntitlementReason, OrganizationSubscriptions};
 use super::store::SubscriptionStore;
+use crate::cache::generations::Generations;
+use crate::cache::hot::{HotFront, HotTable};
+use crate::cache::single_flight::SingleFlight;
 use crate::clock::{Clock, CoarseClock};
 use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVAL};
-use crate::generations::Generations;
-use crate::hot::{HotFront, HotTable};
 use crate::invalidation::{
     ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
 };
-use crate::single_flight::SingleFlight;
 
 /// What the subscription layers do when the store fails or times out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
