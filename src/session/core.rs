@@ -449,7 +449,6 @@ impl SessionCore {
     /// their cache entries, hot copies and flights; remembers them as
     /// unknown.
     fn forget_ids(&self, ids: &[SessionId]) {
-        let now = self.clock.now();
         let mut unknown = false;
         for id in ids {
             let token = self.ids.shard(id).remove(id);
@@ -457,14 +456,22 @@ impl SessionCore {
                 Some(token) => self.forget_token(&token),
                 None => unknown = true,
             }
-            if let Some(negative) = &self.negative {
-                negative.insert(*id, now);
-            }
         }
+        self.remember_unknown(ids);
         if unknown {
             // Not cached, but a load of it may be under way, or a thread's
             // hot table may hold a copy moka has already evicted.
             self.revocations.bump_all();
+        }
+    }
+
+    /// The store no longer has `ids`: the negative cache answers for them.
+    fn remember_unknown(&self, ids: &[SessionId]) {
+        if let Some(negative) = &self.negative {
+            let now = self.clock.now();
+            for id in ids {
+                negative.insert(*id, now);
+            }
         }
     }
 
@@ -729,10 +736,14 @@ impl SessionHandle {
     /// whether it existed.
     pub async fn revoke(&self, token: &SessionToken) -> Result<bool, StoreError> {
         let core = &self.core;
-        let existed = core.with_timeout(core.store.delete(&token.id())).await;
+        let id = token.id();
+        let existed = core.with_timeout(core.store.delete(&id)).await;
+        // The token is known: only its stripe moves (`forget_ids` would
+        // move every stripe for an id that is not cached).
+        core.ids.shard(&id).remove(&id);
         core.forget_token(token);
-        core.forget_ids(&[token.id()]);
-        core.publish(Invalidation::Sessions(vec![token.id()]));
+        core.remember_unknown(&[id]);
+        core.publish(Invalidation::Sessions(vec![id]));
         existed
     }
 
