@@ -1,4 +1,4 @@
-//! End-to-end tests of the reference server (`examples/widget_server.rs`),
+//! End-to-end tests of the reference server (`examples/widget_server/`),
 //! over real HTTP on 127.0.0.1: the visitor (widget) side, the operator
 //! (dashboard) side, and the signed billing webhook that moves an
 //! organization between the two worlds.
@@ -11,7 +11,7 @@
 //!   sleeps.
 #![cfg(feature = "axum")]
 
-#[path = "../examples/widget_server.rs"]
+#[path = "../examples/widget_server/main.rs"]
 #[allow(dead_code)]
 mod widget_server;
 
@@ -2425,7 +2425,8 @@ fn example_binary() -> &'static Path {
         let built = std::fs::metadata(&binary)
             .and_then(|metadata| metadata.modified())
             .unwrap_or_else(|_| panic!("{} does not exist: {how}", binary.display()));
-        let mut sources = vec![manifest_dir.join("examples/widget_server.rs")];
+        let mut sources = Vec::new();
+        collect_files(&manifest_dir.join("examples/widget_server"), &mut sources);
         collect_files(&manifest_dir.join("src"), &mut sources);
         for source in sources {
             let changed = std::fs::metadata(&source)
@@ -2463,7 +2464,7 @@ fn build_example(cargo: &OsStr, manifest_dir: &Path, profile_dir: &Path) {
 }
 
 fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("src/ is readable") {
+    for entry in std::fs::read_dir(dir).expect("the source directories are readable") {
         let path = entry.expect("a directory entry").path();
         if path.is_dir() {
             collect_files(&path, files);
