@@ -2,27 +2,33 @@
 //! behind its session and subscription layers.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
+use axum::middleware::map_response;
+use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tower_saas_guard::billing::{BillingWebhook, WebhookVerifier};
 use tower_saas_guard::rejection::DefaultResponder;
-use tower_saas_guard::session::{MemorySessionStore, SessionHandle, SessionRefreshLayer};
+use tower_saas_guard::session::{
+    PurgeTask, SessionHandle, SessionRefreshLayer, SessionStore, SESSION_EXPIRES_AT,
+};
 use tower_saas_guard::subscription::{
-    EntitlementLayer, EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore,
-    OrganizationResolver, RequireSubscriptionLayer,
+    EntitlementLayer, EntitlementPolicy, Entitlements, FromHeader, OrganizationResolver,
+    RequireSubscriptionLayer,
 };
 use tower_saas_guard::{Clock, ErrorCode, Rejection, RejectionResponder, RequestHead};
 
+use super::backends;
 use super::cli::Config;
 use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS};
 use super::routes::{billing, method_not_allowed, operator, route_not_found, visitor};
-use super::storage::Records;
+use super::storage::AppStore;
 
 /// The greeting a new conversation starts with while its organization has
 /// not set one (`PUT /operator/widget-settings`).
@@ -32,33 +38,73 @@ pub(crate) const DEFAULT_GREETING: &str = "Hi! How can we help you today?";
 /// application's own authentication (see the docs in `main.rs`).
 pub(crate) const ORGANIZATION_HEADER: HeaderName = HeaderName::from_static("x-organization-id");
 
+/// How often the background task purges sessions that expired longer ago
+/// than the expired-retention window (24 h, the library's default).
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Settings that do not fit together (exit status 2, like a bad flag).
+    Usage(String),
+    /// A store could not be opened (exit status 1).
+    Store(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Usage(message) | Self::Store(message) => f.write_str(message),
+        }
+    }
+}
+
 /// Builds the router: checks the session settings (through the library's
-/// builder) and the stores, and wires every route to its session and
-/// subscription layers.
+/// builder), opens the stores the flags name, starts the purge task, and
+/// wires every route to its session and subscription layers.
 ///
 /// `clock` is the time the sessions, the subscription decisions, the
 /// webhook's signature check and the timestamps of conversations, messages
-/// and files all read (tests pass a `ManualClock`).
-pub fn build_app(config: &Config, clock: impl Clock) -> Result<Router, String> {
-    config.store.check_available("--store")?;
-    if let Some(session_store) = &config.session_store {
-        session_store.check_available("--session-store")?;
-    }
-
+/// and files all read (tests pass a `ManualClock`). Needs a Tokio runtime.
+pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, StartError> {
     // Sessions and handlers read the same clock; any closure is a `Clock`.
     let clock: Arc<dyn Clock> = Arc::new(clock);
-    let session_clock = Arc::clone(&clock);
-    let builder = SessionRefreshLayer::builder(MemorySessionStore::new())
-        .duration(config.session_duration)
-        .refresh_threshold(config.refresh_threshold)
-        .clock(move || session_clock.now());
-    let builder = match config.absolute_lifetime {
-        Some(lifetime) => builder.absolute_lifetime(lifetime),
-        None => builder.no_absolute_lifetime(),
+    // Settings first: a wrong flag never opens (or creates) a database.
+    let session_settings = |store: Arc<dyn SessionStore>| {
+        let session_clock = Arc::clone(&clock);
+        let builder = SessionRefreshLayer::builder(store)
+            .duration(config.session_duration)
+            .refresh_threshold(config.refresh_threshold)
+            .clock(move || session_clock.now());
+        match config.absolute_lifetime {
+            Some(lifetime) => builder.absolute_lifetime(lifetime),
+            None => builder.no_absolute_lifetime(),
+        }
     };
-    let sessions = builder
-        .build()
-        .map_err(|error| format!("invalid session settings: {error}"))?;
+    let invalid_sessions = |error| StartError::Usage(format!("invalid session settings: {error}"));
+    let _valid: SessionRefreshLayer = session_settings(Arc::new(
+        tower_saas_guard::session::MemorySessionStore::new(),
+    ))
+    .build()
+    .map_err(invalid_sessions)?;
+    let verifier = match &config.webhook_secret {
+        Some(secret) => Some(
+            WebhookVerifier::try_new(secret.expose())
+                .map_err(|error| StartError::Usage(format!("invalid --webhook-secret: {error}")))?,
+        ),
+        None => None,
+    };
+
+    let backends = backends::open(config).await.map_err(StartError::Store)?;
+    let mut sessions = session_settings(Arc::clone(&backends.sessions));
+    if let Some(channel) = &backends.channel {
+        sessions = sessions.invalidation_channel(Arc::clone(channel));
+    }
+    let sessions = sessions.build().map_err(invalid_sessions)?;
+    let purge = sessions
+        .handle()
+        .spawn_purge(PURGE_INTERVAL)
+        .map_err(|error| StartError::Usage(format!("cannot start the purge task: {error}")))?;
 
     // One session core, two behaviours: sending counts as activity and
     // renews a session close to expiry; reading only validates it. They are
@@ -69,20 +115,18 @@ pub fn build_app(config: &Config, clock: impl Clock) -> Result<Router, String> {
 
     // Subscriptions: one cache over one store, on the same clock, shared by
     // every subscription layer and by the billing webhook, so a webhook's
-    // change is what the very next request of any route sees.
-    let entitlements = Entitlements::builder(MemorySubscriptionStore::new())
-        .clock(Arc::clone(&clock))
+    // change is what the very next request of any route sees (on every
+    // instance, with an invalidation channel).
+    let mut entitlements =
+        Entitlements::builder(Arc::clone(&backends.subscriptions)).clock(Arc::clone(&clock));
+    if let Some(channel) = &backends.channel {
+        entitlements = entitlements.invalidation_channel(Arc::clone(channel));
+    }
+    let entitlements = entitlements
         .build()
-        .map_err(|error| format!("invalid subscription settings: {error}"))?;
+        .map_err(|error| StartError::Usage(format!("invalid subscription settings: {error}")))?;
     let policy = EntitlementPolicy::new();
-    let billing = match &config.webhook_secret {
-        Some(secret) => {
-            let verifier = WebhookVerifier::try_new(secret.expose())
-                .map_err(|error| format!("invalid --webhook-secret: {error}"))?;
-            Some(BillingWebhook::new(verifier, entitlements.clone()))
-        }
-        None => None,
-    };
+    let billing = verifier.map(|verifier| BillingWebhook::new(verifier, entitlements.clone()));
 
     // The visitor's organization is its session's (`FromSession`, the
     // default): the soft layer sits inside the session layer.
@@ -101,11 +145,13 @@ pub fn build_app(config: &Config, clock: impl Clock) -> Result<Router, String> {
 
     let state = AppState {
         sessions: sessions.handle(),
+        session_store: backends.sessions,
+        store: backends.app,
         clock,
         entitlements,
         policy,
         billing,
-        records: Arc::default(),
+        _purge: Arc::new(purge),
     };
 
     Ok(Router::new()
@@ -114,6 +160,14 @@ pub fn build_app(config: &Config, clock: impl Clock) -> Result<Router, String> {
         .route(
             "/contact-sessions/current",
             get(visitor::current_contact_session).route_layer(validate_only.clone()),
+        )
+        .route(
+            "/contact-sessions/current",
+            // Outside the session layer: the logout's answer carries no
+            // expiry, as the session it would name is gone.
+            delete(visitor::logout)
+                .route_layer(validate_only.clone())
+                .route_layer(map_response(without_session_expiry)),
         )
         .route(
             "/conversations",
@@ -164,7 +218,19 @@ pub fn build_app(config: &Config, clock: impl Clock) -> Result<Router, String> {
         )
         .route(
             "/operator/widget-settings",
-            put(operator::put_widget_settings).route_layer(operator),
+            put(operator::put_widget_settings).route_layer(operator.clone()),
+        )
+        .route(
+            "/operator/contact-sessions",
+            get(operator::list_contact_sessions).route_layer(operator.clone()),
+        )
+        .route(
+            "/operator/contact-sessions",
+            delete(operator::revoke_contact_sessions).route_layer(operator.clone()),
+        )
+        .route(
+            "/operator/contact-sessions/{session_ref}",
+            delete(operator::revoke_contact_session).route_layer(operator),
         )
         // Billing: no session, no organization; the signature is the check.
         .route("/billing/webhook", post(billing::billing_webhook))
@@ -212,10 +278,22 @@ pub(crate) fn operator_rejection(
     DefaultResponder::new().respond(&rejection, head)
 }
 
+/// Takes `x-session-expires-at` off a response (the logout's).
+async fn without_session_expiry(mut response: Response) -> Response {
+    response.headers_mut().remove(SESSION_EXPIRES_AT);
+    response
+}
+
 #[derive(Clone)]
 pub(crate) struct AppState {
-    /// Creates sessions; shares the layers' store, cache and clock.
+    /// Creates, lists and revokes sessions; shares the layers' store,
+    /// cache, clock and invalidation channel.
     pub(crate) sessions: SessionHandle,
+    /// The same session store, read directly to check whose a session is
+    /// before an operator revokes it (the handle has no load by id).
+    pub(crate) session_store: Arc<dyn SessionStore>,
+    /// Conversations, messages, files and widget settings.
+    pub(crate) store: Arc<dyn AppStore>,
     pub(crate) clock: Arc<dyn Clock>,
     /// The subscription cache every subscription layer reads.
     pub(crate) entitlements: Entitlements,
@@ -223,17 +301,12 @@ pub(crate) struct AppState {
     pub(crate) policy: EntitlementPolicy,
     /// `None` without `--webhook-secret`.
     pub(crate) billing: Option<BillingWebhook>,
-    pub(crate) records: Arc<Mutex<Records>>,
+    /// Purges expired sessions for as long as the router lives.
+    _purge: Arc<PurgeTask>,
 }
 
 impl AppState {
     pub(crate) fn now(&self) -> SystemTime {
         self.clock.now()
-    }
-
-    pub(crate) fn records(&self) -> MutexGuard<'_, Records> {
-        self.records
-            .lock()
-            .expect("no handler panics while holding the records lock")
     }
 }

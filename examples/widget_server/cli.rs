@@ -18,47 +18,72 @@ Flags (`--flag value` or `--flag=value`):
                                [default: 4h]
   --absolute-lifetime DURATION|off
                                hard cap on a session's life [default: 30d]
-  --store URL                  conversation and subscription store
-                               [default: memory]
-                               (only `memory` is available in this build)
-  --session-store URL          session store [default: same as --store]
-                               (only `memory` is available in this build)
+  --store URL                  where conversations, messages, files, widget
+                               settings and subscriptions live
+                               [default: sqlite://widget.db]
+                               memory | sqlite://PATH (the file is created)
+                               | postgres://USER@HOST:PORT/DATABASE
+  --session-store URL          where sessions live [default: same as --store]
+                               memory | sqlite://PATH | postgres://… | redis://…
   --webhook-secret SECRET      the secret billing webhooks are signed with;
                                without it POST /billing/webhook answers 503
                                webhook_not_configured
   -h, --help                   print this help and exit
 
 Durations use humantime syntax: 500ms, 10s, 4h, 30d.
+
+Expired sessions keep answering `session_expired` for 24h after they
+expire; a background task purges older ones every 10 minutes.
 ";
 
+/// The database `--store` names when none is given.
+pub const DEFAULT_STORE: &str = "sqlite://widget.db";
+
 /// Where records live, as named by `--store` / `--session-store`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// In this process's memory; lost on exit.
     Memory,
-    /// `sqlite://PATH` (not available in this build yet).
+    /// `sqlite://PATH` (or `sqlite:PATH`); the file is created if missing.
     Sqlite(String),
-    /// `postgres://…` (not available in this build yet).
+    /// `postgres://…` or `postgresql://…`.
     Postgres(String),
-    /// `redis://…`, sessions only (not available in this build yet).
+    /// `redis://…` or `rediss://…`, sessions only.
     Redis(String),
 }
 
 impl StoreUrl {
+    /// Parses `text` as given to `flag`; the URL's syntax is checked here,
+    /// so a typo exits with status 2 before anything connects or listens.
     pub(crate) fn parse(flag: &str, text: &str) -> Result<Self, String> {
-        let store = if text == "memory" {
-            Self::Memory
-        } else if text.starts_with("sqlite:") {
-            Self::Sqlite(text.to_owned())
-        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            Self::Postgres(text.to_owned())
-        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
-            Self::Redis(text.to_owned())
-        } else {
-            return Err(format!(
-                "{flag}: unknown store `{text}` (expected memory, sqlite://PATH, postgres://…)"
+        let invalid = |error: &dyn fmt::Display| format!("{flag}: `{text}` is not usable: {error}");
+        let store =
+            if text == "memory" {
+                Self::Memory
+            } else if text.starts_with("sqlite:") {
+                let path = text
+                    .strip_prefix("sqlite://")
+                    .or_else(|| text.strip_prefix("sqlite:"))
+                    .unwrap_or_default();
+                if path.is_empty() {
+                    return Err(invalid(&"the path of the database file is missing"));
+                }
+                text.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                    .map_err(|error| invalid(&error))?;
+                Self::Sqlite(text.to_owned())
+            } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                text.parse::<sqlx::postgres::PgConnectOptions>()
+                    .map_err(|error| invalid(&error))?;
+                Self::Postgres(text.to_owned())
+            } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+                redis::Client::open(text).map_err(|error| invalid(&error))?;
+                Self::Redis(text.to_owned())
+            } else {
+                return Err(format!(
+                "{flag}: unknown store `{text}` (expected memory, sqlite://PATH, postgres://…{})",
+                if flag == "--session-store" { " or redis://…" } else { "" }
             ));
-        };
+            };
         if matches!(store, Self::Redis(_)) && flag == "--store" {
             return Err(format!(
                 "--store: redis holds sessions only; use it with --session-store (got `{text}`)"
@@ -67,13 +92,39 @@ impl StoreUrl {
         Ok(store)
     }
 
-    /// Fails for the stores this build cannot open yet.
-    pub(crate) fn check_available(&self, flag: &str) -> Result<(), String> {
+    /// The URL with any password replaced by `***`, for messages and logs.
+    pub fn redacted(&self) -> String {
         match self {
-            Self::Memory => Ok(()),
-            Self::Sqlite(url) | Self::Postgres(url) | Self::Redis(url) => Err(format!(
-                "{flag}: the store `{url}` is not available in this build yet; use `{flag} memory`"
-            )),
+            Self::Memory => "memory".to_owned(),
+            Self::Sqlite(url) => url.clone(),
+            Self::Postgres(url) | Self::Redis(url) => redact_password(url),
+        }
+    }
+}
+
+/// `scheme://user:secret@host…` → `scheme://user:***@host…`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Sqlite(_) => write!(f, "Sqlite({:?})", self.redacted()),
+            Self::Postgres(_) => write!(f, "Postgres({:?})", self.redacted()),
+            Self::Redis(_) => write!(f, "Redis({:?})", self.redacted()),
         }
     }
 }
@@ -89,7 +140,8 @@ pub struct Config {
     pub refresh_threshold: Duration,
     /// Hard cap on a session's life; `None` disables it.
     pub absolute_lifetime: Option<Duration>,
-    /// Where conversations live.
+    /// Where conversations, messages, files, widget settings and
+    /// subscriptions live.
     pub store: StoreUrl,
     /// Where sessions live; `None` means the same as `store`.
     pub session_store: Option<StoreUrl>,
@@ -116,6 +168,13 @@ impl fmt::Debug for WebhookSecret {
     }
 }
 
+impl Config {
+    /// Where sessions live: `--session-store`, or else `--store`.
+    pub fn session_store(&self) -> &StoreUrl {
+        self.session_store.as_ref().unwrap_or(&self.store)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -123,7 +182,7 @@ impl Default for Config {
             session_duration: Duration::from_secs(24 * 3600),
             refresh_threshold: Duration::from_secs(4 * 3600),
             absolute_lifetime: Some(Duration::from_secs(30 * 24 * 3600)),
-            store: StoreUrl::Memory,
+            store: StoreUrl::Sqlite(DEFAULT_STORE.to_owned()),
             session_store: None,
             webhook_secret: None,
         }

@@ -77,8 +77,10 @@
 
 mod ai;
 mod app;
+mod backends;
 mod cli;
 mod input;
+mod pagination;
 mod problem;
 mod routes;
 mod storage;
@@ -88,7 +90,7 @@ use std::process::ExitCode;
 
 use tower_saas_guard::SystemClock;
 
-pub use app::build_app;
+pub use app::{build_app, StartError};
 use cli::USAGE;
 pub use cli::{parse_args, Config, ParsedArgs, StoreUrl};
 
@@ -102,9 +104,13 @@ async fn main() -> ExitCode {
         }
         Err(message) => return usage_error(&message),
     };
-    let app = match build_app(&config, SystemClock) {
+    let app = match build_app(&config, SystemClock).await {
         Ok(app) => app,
-        Err(message) => return usage_error(&message),
+        Err(StartError::Usage(message)) => return usage_error(&message),
+        Err(StartError::Store(message)) => {
+            eprintln!("widget_server: {message}");
+            return ExitCode::FAILURE;
+        }
     };
 
     let listener = match tokio::net::TcpListener::bind(config.addr).await {

@@ -8,7 +8,7 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower_saas_guard::billing::WebhookError;
-use tower_saas_guard::{problem_json, ErrorCode};
+use tower_saas_guard::{problem_json, ErrorCode, StoreError};
 
 /// An error answer: RFC 9457 problem+json with a `code`, like the library's
 /// own rejections.
@@ -59,6 +59,11 @@ impl ApiError {
             title: ErrorCode::StoreUnavailable.title(),
             detail: format!("The {which} store is unavailable; retry later."),
         }
+    }
+
+    /// The application's own store (conversations, files, settings) failed.
+    pub(crate) fn app_store(error: StoreError) -> Self {
+        Self::store_unavailable("application", &error)
     }
 
     pub(crate) fn webhook_not_configured() -> Self {

@@ -1,11 +1,17 @@
 //! The visitor (widget) routes: contact sessions, conversations, messages.
 //! The session token travels in `x-session-id`.
+//!
+//! Visitor sessions belong to an organization and carry the visitor's name
+//! and e-mail as their payload; they have **no subject**: the e-mail is
+//! whatever the visitor typed, unverified, so it cannot name a person whose
+//! sessions one could list or end together. Operators list and end them by
+//! organization.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tower_saas_guard::session::Session;
 use tower_saas_guard::subscription::Entitlement;
@@ -17,8 +23,17 @@ use super::input::{
     email_address, new_id, required_text, ValidJson, MAX_CONTENT_CHARS, MAX_ID_CHARS,
     MAX_NAME_CHARS,
 };
+use super::new_message;
+use super::pagination::PageParams;
 use super::problem::ApiError;
-use super::storage::{Conversation, Message, Role, Status, Visitor};
+use super::storage::{Conversation, Message, Role, Status};
+
+/// What a session's payload holds: who the visitor said they are.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Visitor {
+    pub(crate) name: String,
+    pub(crate) email: String,
+}
 
 #[derive(Deserialize)]
 pub(crate) struct NewContactSession {
@@ -27,7 +42,8 @@ pub(crate) struct NewContactSession {
     pub(crate) organization_id: String,
 }
 
-/// `POST /contact-sessions`: no session yet; creates one.
+/// `POST /contact-sessions`: no session yet; creates one (no subject: see
+/// the module's docs).
 pub(crate) async fn create_contact_session(
     State(state): State<AppState>,
     ValidJson(body): ValidJson<NewContactSession>,
@@ -38,7 +54,11 @@ pub(crate) async fn create_contact_session(
 
     let created = state
         .sessions
-        .create(Some(organization_id.as_str()), Visitor { name, email })
+        .create_for(
+            Some(organization_id.as_str()),
+            None,
+            Visitor { name, email },
+        )
         .await
         .map_err(|error| ApiError::store_unavailable("session", &error))?;
 
@@ -78,6 +98,22 @@ pub(crate) fn session_organization(session: &Session) -> Result<&str, ApiError> 
         .ok_or_else(|| ApiError::internal("a contact session without an organization".to_owned()))
 }
 
+/// `DELETE /contact-sessions/current`: validate only; logs the session
+/// out (revoked in the store, this instance's cache and, through the
+/// invalidation channel, every other instance's). 204, without
+/// `x-session-expires-at` (the router takes it off).
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    session: Session,
+) -> Result<StatusCode, ApiError> {
+    state
+        .sessions
+        .revoke_id(&session.id())
+        .await
+        .map_err(|error| ApiError::store_unavailable("session", &error))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `POST /conversations`: renews; the body is ignored. Opens with the
 /// organization's greeting, or the default one.
 pub(crate) async fn create_conversation(
@@ -86,40 +122,65 @@ pub(crate) async fn create_conversation(
 ) -> Result<impl IntoResponse, ApiError> {
     let organization_id = session_organization(&session)?;
     let now = state.now();
-    let conversation_id = new_id("conv")?;
-
-    let mut records = state.records();
-    let greeting = records
-        .greetings
-        .get(organization_id)
-        .map_or(DEFAULT_GREETING, String::as_str)
-        .to_owned();
+    let greeting = state
+        .store
+        .greeting(organization_id)
+        .await
+        .map_err(ApiError::app_store)?
+        .unwrap_or_else(|| DEFAULT_GREETING.to_owned());
     let conversation = Conversation {
-        session_id: session.id(),
+        id: new_id("conv")?,
         organization_id: organization_id.to_owned(),
-        sequence: records.next_sequence(),
+        session_id: session.id(),
         status: Status::Unresolved,
         created_at: now,
-        messages: vec![Message::new(Role::Assistant, greeting, now)?],
     };
-    let body = conversation.summary_json(&conversation_id);
-    records.conversations.insert(conversation_id, conversation);
-    Ok((StatusCode::CREATED, Json(body)))
+    let greeting = new_message(Role::Assistant, greeting, now)?;
+    state
+        .store
+        .create_conversation(&conversation, &greeting)
+        .await
+        .map_err(ApiError::app_store)?;
+    Ok((StatusCode::CREATED, Json(conversation.summary_json())))
 }
 
-/// `GET /conversations/{id}/messages`: validate only; oldest first.
+/// The conversation `id`, if it exists and belongs to `session`; anything
+/// else is the same 404, so ids of others leak nothing.
+async fn conversation_of(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+) -> Result<Conversation, ApiError> {
+    let organization_id = session_organization(session)?;
+    state
+        .store
+        .conversation(organization_id, id)
+        .await
+        .map_err(ApiError::app_store)?
+        .filter(|conversation| conversation.session_id == session.id())
+        .ok_or_else(|| ApiError::not_found(format!("No conversation `{id}`.")))
+}
+
+/// `GET /conversations/{id}/messages`: validate only; one page, oldest
+/// first.
 pub(crate) async fn list_messages(
     State(state): State<AppState>,
     session: Session,
     Path(id): Path<String>,
+    pagination: PageParams,
 ) -> Result<Json<Value>, ApiError> {
-    let mut records = state.records();
-    let conversation = Conversation::of_session(&mut records.conversations, &id, &session)?;
-    let messages: Vec<Value> = conversation.messages.iter().map(Message::to_json).collect();
+    let page = pagination.page()?;
+    let conversation = conversation_of(&state, &session, &id).await?;
+    let messages = state
+        .store
+        .messages(&conversation.organization_id, &id, page)
+        .await
+        .map_err(ApiError::app_store)?;
     Ok(Json(json!({
         "conversation_id": id,
         "status": conversation.status,
-        "messages": messages,
+        "messages": messages.items.iter().map(Message::to_json).collect::<Vec<_>>(),
+        "next_cursor": messages.next_cursor(),
     })))
 }
 
@@ -131,7 +192,8 @@ pub(crate) struct NewMessage {
 /// `POST /conversations/{id}/messages`: renews; soft-gated. When the
 /// organization is entitled and the conversation is `unresolved`, the AI
 /// (stand-in) answers at once; otherwise the message waits for an operator
-/// and the conversation becomes `escalated`.
+/// and the conversation becomes `escalated`. The store decides on the
+/// status and appends in one step, so concurrent messages agree.
 ///
 /// The body is checked before the id, so an invalid body on an unknown
 /// conversation is a 400.
@@ -144,26 +206,29 @@ pub(crate) async fn send_message(
 ) -> Result<impl IntoResponse, ApiError> {
     required_text("content", &body.content, MAX_CONTENT_CHARS)?;
     let now = state.now();
-
-    let mut records = state.records();
-    let conversation = Conversation::of_session(&mut records.conversations, &id, &session)?;
-    let ai_replies = entitlement.is_entitled() && conversation.status == Status::Unresolved;
-    let reply = ai_replies.then(|| stand_in_ai_reply(&body.content));
-    let message = Message::new(Role::User, body.content, now)?;
-    let message_id = message.id.clone();
-    conversation.messages.push(message);
-    match reply {
-        Some(reply) => conversation
-            .messages
-            .push(Message::new(Role::Assistant, reply, now)?),
-        None => conversation.status = Status::Escalated,
-    }
+    let conversation = conversation_of(&state, &session, &id).await?;
+    let reply = if entitlement.is_entitled() {
+        Some(new_message(
+            Role::Assistant,
+            stand_in_ai_reply(&body.content),
+            now,
+        )?)
+    } else {
+        None
+    };
+    let message = new_message(Role::User, body.content, now)?;
+    let (status, ai_replied) = state
+        .store
+        .add_visitor_message(&conversation.organization_id, &id, &message, reply.as_ref())
+        .await
+        .map_err(ApiError::app_store)?
+        .ok_or_else(|| ApiError::not_found(format!("No conversation `{id}`.")))?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
-            "message_id": message_id,
-            "ai_replied": ai_replies,
-            "status": conversation.status,
+            "message_id": message.id,
+            "ai_replied": ai_replied,
+            "status": status,
         })),
     ))
 }
