@@ -288,6 +288,40 @@ impl Api {
         .await
     }
 
+    /// `DELETE /contact-sessions/current` (logout).
+    pub async fn logout(&self, token: Option<&str>) -> Reply {
+        send(self.request(Method::DELETE, "/contact-sessions/current", token)).await
+    }
+
+    /// `GET /operator/contact-sessions{query}`, which must answer 200.
+    pub async fn contact_sessions(&self, organization: &str, query: &str) -> Value {
+        let reply = self
+            .operator_get(&format!("/operator/contact-sessions{query}"), organization)
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body
+    }
+
+    /// `DELETE /operator/contact-sessions/{session_ref}`.
+    pub async fn revoke_contact_session(&self, organization: &str, session_ref: &str) -> Reply {
+        send(self.operator(
+            Method::DELETE,
+            &format!("/operator/contact-sessions/{session_ref}"),
+            Some(organization),
+        ))
+        .await
+    }
+
+    /// `DELETE /operator/contact-sessions`.
+    pub async fn revoke_contact_sessions(&self, organization: &str) -> Reply {
+        send(self.operator(
+            Method::DELETE,
+            "/operator/contact-sessions",
+            Some(organization),
+        ))
+        .await
+    }
+
     /// `POST /billing/webhook` with `body` as is and `signature`, if any.
     pub async fn post_webhook(&self, body: &str, signature: Option<&str>) -> Reply {
         let mut request = self
@@ -300,6 +334,15 @@ impl Api {
         }
         send(request).await
     }
+}
+
+/// The `session_ref` operators see for `token`: its id, the hex of its
+/// SHA-256.
+pub fn session_ref(token: &str) -> String {
+    SessionToken::parse(token)
+        .expect("a token the server minted")
+        .id()
+        .to_string()
 }
 
 /// The `field` of every object in the JSON array `list`.
@@ -443,6 +486,8 @@ pub struct Server {
     pub api: Api,
     pub clock: ManualClock,
     pub task: tokio::task::JoinHandle<()>,
+    /// Where its SQLite file lives, for [`serve_sqlite`].
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -492,11 +537,25 @@ pub fn parsed_config(args: &[&str]) -> Config {
 
 /// Serves the app configured by `args` (as on the command line).
 pub async fn serve(args: &[&str]) -> Server {
-    let clock = ManualClock::new(epoch());
     // In memory unless the test names a store (a later flag wins).
     let mut all_args = vec!["--store", "memory"];
     all_args.extend_from_slice(args);
-    let app = build_app(&parsed_config(&all_args), clock.clone())
+    serve_with(&all_args, None).await
+}
+
+/// Serves the app configured by `args` with its store in a fresh SQLite
+/// file (in a temporary directory, removed with the server).
+pub async fn serve_sqlite(args: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("widget.db").display());
+    let mut all_args = vec!["--store", url.as_str()];
+    all_args.extend_from_slice(args);
+    serve_with(&all_args, Some(dir)).await
+}
+
+async fn serve_with(args: &[&str], dir: Option<tempfile::TempDir>) -> Server {
+    let clock = ManualClock::new(epoch());
+    let app = build_app(&parsed_config(args), clock.clone())
         .await
         .expect("valid settings");
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -510,6 +569,7 @@ pub async fn serve(args: &[&str]) -> Server {
         api: Api::new(addr),
         clock,
         task,
+        dir,
     }
 }
 
@@ -596,10 +656,20 @@ pub fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
 pub struct RunningBinary {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Its working directory, where the default `sqlite://widget.db` goes.
-    pub _dir: tempfile::TempDir,
+    /// Its own working directory (where the default `sqlite://widget.db`
+    /// goes), unless the test chose one.
+    pub _dir: Option<tempfile::TempDir>,
     /// Kept open so the server never writes to a closed pipe.
     pub _stdout: BufReader<ChildStdout>,
+}
+
+impl RunningBinary {
+    /// Kills the process and waits until it is gone (its port and files
+    /// are free afterwards).
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait()).await;
+    }
 }
 
 impl Drop for RunningBinary {
@@ -611,8 +681,16 @@ impl Drop for RunningBinary {
 /// Starts the binary with `args` and waits for its `listening on` line.
 pub async fn spawn_binary(args: &[&str]) -> (RunningBinary, String) {
     let dir = tempfile::tempdir().expect("a temporary directory");
+    let (mut running, line) = spawn_binary_in(dir.path(), args).await;
+    running._dir = Some(dir);
+    (running, line)
+}
+
+/// Starts the binary with `args` in the working directory `dir`.
+pub async fn spawn_binary_in(working_dir: &Path, args: &[&str]) -> (RunningBinary, String) {
+    let dir = None;
     let mut child = Command::new(example_binary())
-        .current_dir(dir.path())
+        .current_dir(working_dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
