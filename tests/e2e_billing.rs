@@ -1,6 +1,11 @@
 //! Subscriptions end to end: the soft-gated AI reply, the signed billing
 //! webhook, `GET /operator/subscription`.
-#![cfg(feature = "axum")]
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
 
 mod e2e_support;
 

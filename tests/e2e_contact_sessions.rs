@@ -2,7 +2,12 @@
 //! list of the organization's visitor sessions, revoking one and revoking
 //! all. In memory and on SQLite (the app's store; see `backends.rs` for
 //! where sessions live).
-#![cfg(feature = "axum")]
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
 
 mod e2e_support;
 

@@ -1,6 +1,11 @@
 //! The reference server's command line, parsed in-process and run as a
 //! process: defaults, syntax, exit status 2, `--help`, the first line.
-#![cfg(feature = "axum")]
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
 
 mod e2e_support;
 

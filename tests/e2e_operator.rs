@@ -1,6 +1,11 @@
 //! The operator (dashboard) side: widget settings, the organization
 //! header, ownership, check order and validation.
-#![cfg(feature = "axum")]
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
 
 mod e2e_support;
 

@@ -2,7 +2,12 @@
 //! oldest first, `?limit=` (default 50, at most 200), `?cursor=` from the
 //! previous page's `next_cursor` (`null` on the last page); a bad limit or
 //! cursor is 400 `invalid_request`.
-#![cfg(feature = "axum")]
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
 
 mod e2e_support;
 

@@ -1,7 +1,12 @@
 //! The reference server restarted on the same SQLite file: the binary is
 //! started, used, killed, and started again on the file in a temporary
 //! directory.
-#![cfg(feature = "axum")]
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
 
 mod e2e_support;
 

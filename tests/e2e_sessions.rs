@@ -1,6 +1,11 @@
 //! Sliding sessions end to end: the session layer on every visitor route,
 //! expiry and renewal with a `ManualClock`, the absolute lifetime.
-#![cfg(feature = "axum")]
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
 
 mod e2e_support;
 

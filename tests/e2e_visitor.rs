@@ -1,6 +1,11 @@
 //! The visitor (widget) side: contact sessions, conversations, messages,
 //! request validation and routing.
-#![cfg(feature = "axum")]
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
 
 mod e2e_support;
 

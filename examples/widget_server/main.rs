@@ -39,16 +39,70 @@
 //!
 //! Everything else (reading, replying, listing and deleting files) is open
 //! to every organization. The AI reply and the draft enhancement are
-//! deterministic stand-ins (`stand_in_ai_reply`, `stand_in_enhance`):
-//! no model, no network. Subscriptions, like everything else in this build,
-//! live in memory (`--store memory`).
+//! deterministic stand-ins (`stand_in_ai_reply`, `stand_in_enhance` in
+//! `ai.rs`): no model, no network.
+//!
+//! # Stores
+//!
+//! `--store` (default `sqlite://widget.db`, created in the working
+//! directory) holds conversations, messages, files, widget settings and
+//! subscriptions; `--session-store` (default: the same) holds sessions.
+//!
+//! | `--store` / `--session-store` | for |
+//! |---|---|
+//! | `memory` | a demo; everything is lost on exit |
+//! | `sqlite://PATH` | one machine; survives a restart |
+//! | `postgres://USER@HOST:PORT/DB` | several instances on one database |
+//! | `redis://HOST:PORT` (`--session-store` only) | sessions shared by several instances |
+//!
+//! The app's own tables (`widget_*`) are created at start-up by plain
+//! idempotent DDL in `storage/sqlite.rs` and `storage/postgres.rs`. The
+//! library's SQLite, PostgreSQL and Redis session and subscription stores
+//! are not in this build yet: until they are, sessions and subscriptions
+//! stay in memory whatever the flags say (`backends.rs` holds the switch
+//! and says so on stderr). Expired sessions are purged in the background
+//! every 10 minutes, once they are 24 h past their expiry.
 //!
 //! ```text
-//! cargo run --example widget_server --features axum
-//! cargo run --example widget_server --features axum -- --session-duration 10s --refresh-threshold 5s
-//! cargo run --example widget_server --features axum -- --webhook-secret whsec_demo
-//! cargo run --example widget_server --features axum -- --help
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store memory --session-duration 10s --refresh-threshold 5s
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --webhook-secret whsec_demo
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store postgres://postgres@127.0.0.1:5432/widget
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --help
 //! ```
+//!
+//! # Routes
+//!
+//! | route | session | organization / gating |
+//! |---|---|---|
+//! | `POST /contact-sessions` | none | none |
+//! | `GET /contact-sessions/current` | validate only | none |
+//! | `DELETE /contact-sessions/current` (logout, 204) | validate only | none |
+//! | `POST /conversations` | renews | none |
+//! | `GET /conversations/{id}/messages` (paginated) | validate only | none |
+//! | `POST /conversations/{id}/messages` | renews | soft |
+//! | `GET /operator/subscription` | none | header, soft |
+//! | `GET /operator/conversations` (paginated) | none | header |
+//! | `POST /operator/conversations/{id}/messages` | none | header |
+//! | `POST /operator/conversations/{id}/enhance` | none | header, required |
+//! | `POST /operator/files`, `GET` (paginated), `DELETE /operator/files/{id}` | none | header; required to upload |
+//! | `PUT /operator/widget-settings` | none | header; required to create |
+//! | `GET /operator/contact-sessions` (paginated) | none | header |
+//! | `DELETE /operator/contact-sessions/{session_ref}` (204) | none | header |
+//! | `DELETE /operator/contact-sessions` (`{revoked}`) | none | header |
+//! | `POST /billing/webhook` | none | signature |
+//!
+//! Listings are oldest first: `?limit=` (default 50, at most 200) and
+//! `?cursor=` (the previous page's `next_cursor`, `null` on the last page);
+//! a bad one is 400 `invalid_request` (`pagination.rs`).
+//!
+//! # Where things are
+//!
+//! `cli.rs` (flags, `--help`), `app.rs` (state, layers, the router),
+//! `backends.rs` (opening the stores the flags name), `routes/` (`visitor.rs`,
+//! `operator.rs`, `billing.rs`), `storage/` (the app's store trait and its
+//! `memory.rs`, `sqlite.rs`, `postgres.rs`), `pagination.rs`, `input.rs`
+//! (checks on what clients send), `problem.rs` (error answers), `ai.rs`.
 //!
 //! The first line on stdout is `listening on http://ADDR`; `--addr 127.0.0.1:0`
 //! picks a free port. Invalid flags exit with status 2 before anything

@@ -739,3 +739,102 @@ pub async fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+// ---------------------------------------------------------------------------
+// A PostgreSQL database of its own
+// ---------------------------------------------------------------------------
+
+/// Where the tests' PostgreSQL server is (`DATABASE_URL`, or the loopback
+/// default); each test creates a database of its own there.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A service a test needs cannot be reached: under `CI=true` that fails
+/// the test; elsewhere the test is skipped with the reason printed.
+pub fn skip_or_fail(service: &str, reason: &dyn std::fmt::Display) {
+    let message = format!("{service} is unreachable ({reason})");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{message}; CI=true requires it");
+    }
+    eprintln!("skipped: {message}");
+}
+
+/// A fresh database `tsg_e2e_<random>` on the tests' PostgreSQL server,
+/// dropped (with any connection still open to it) when this is dropped.
+pub struct TestDatabase {
+    /// Its URL, for `--store` / `--session-store`.
+    pub url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates the database; `None` (after [`skip_or_fail`]) when the
+    /// server cannot be reached.
+    pub async fn create() -> Option<Self> {
+        use sqlx::Connection;
+        let admin_url = postgres_admin_url();
+        let mut admin = match tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::PgConnection::connect(&admin_url),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                skip_or_fail("PostgreSQL", &error);
+                return None;
+            }
+            Err(_) => {
+                skip_or_fail("PostgreSQL", &"no answer within 5 s");
+                return None;
+            }
+        };
+        let token = SessionToken::generate().expect("os randomness").to_string();
+        let name = format!("tsg_e2e_{}", &session_ref(&token)[..16]);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("the test user may create databases");
+        let _ = admin.close().await;
+        let (base, query) = match admin_url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let authority_end = base
+            .find("://")
+            .map(|scheme| scheme + 3)
+            .and_then(|start| base[start..].find('/').map(|slash| start + slash))
+            .unwrap_or(base.len());
+        let url = format!("{}/{name}{query}", &base[..authority_end]);
+        Some(Self { url, name })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside a runtime: use a thread with its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for dropping the test database");
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                let mut admin = sqlx::PgConnection::connect(&postgres_admin_url()).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
+    }
+}
