@@ -1,0 +1,262 @@
+//! The command line: flags, their defaults and `--help`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+Usage: widget_server [FLAGS]
+
+The tower-saas-guard reference server (support-widget backend).
+
+Flags (`--flag value` or `--flag=value`):
+  --addr ADDR                  address to listen on [default: 127.0.0.1:3000]
+                               (127.0.0.1:0 picks a free port)
+  --session-duration DURATION  lifetime of a session at creation and at each
+                               renewal [default: 24h]
+  --refresh-threshold DURATION renew only when less than this is left
+                               [default: 4h]
+  --absolute-lifetime DURATION|off
+                               hard cap on a session's life [default: 30d]
+  --store URL                  where conversations, messages, files, widget
+                               settings and subscriptions live
+                               [default: sqlite://widget.db]
+                               memory | sqlite://PATH (the file is created)
+                               | postgres://USER@HOST:PORT/DATABASE
+  --session-store URL          where sessions live [default: same as --store]
+                               memory | sqlite://PATH | postgres://… | redis://…
+  --webhook-secret SECRET      the secret billing webhooks are signed with;
+                               without it POST /billing/webhook answers 503
+                               webhook_not_configured
+  -h, --help                   print this help and exit
+
+Durations use humantime syntax: 500ms, 10s, 4h, 30d.
+
+Expired sessions keep answering `session_expired` for 24h after they
+expire; a background task purges older ones every 10 minutes.
+";
+
+/// The database `--store` names when none is given.
+pub const DEFAULT_STORE: &str = "sqlite://widget.db";
+
+/// Where records live, as named by `--store` / `--session-store`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// In this process's memory; lost on exit.
+    Memory,
+    /// `sqlite://PATH` (or `sqlite:PATH`); the file is created if missing.
+    Sqlite(String),
+    /// `postgres://…` or `postgresql://…`.
+    Postgres(String),
+    /// `redis://…` or `rediss://…`, sessions only.
+    Redis(String),
+}
+
+impl StoreUrl {
+    /// Parses `text` as given to `flag`; the URL's syntax is checked here,
+    /// so a typo exits with status 2 before anything connects or listens.
+    pub(crate) fn parse(flag: &str, text: &str) -> Result<Self, String> {
+        let invalid = |error: &dyn fmt::Display| format!("{flag}: `{text}` is not usable: {error}");
+        let store =
+            if text == "memory" {
+                Self::Memory
+            } else if text.starts_with("sqlite:") {
+                let path = text
+                    .strip_prefix("sqlite://")
+                    .or_else(|| text.strip_prefix("sqlite:"))
+                    .unwrap_or_default();
+                if path.is_empty() {
+                    return Err(invalid(&"the path of the database file is missing"));
+                }
+                text.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                    .map_err(|error| invalid(&error))?;
+                Self::Sqlite(text.to_owned())
+            } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                text.parse::<sqlx::postgres::PgConnectOptions>()
+                    .map_err(|error| invalid(&error))?;
+                Self::Postgres(text.to_owned())
+            } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+                redis::Client::open(text).map_err(|error| invalid(&error))?;
+                Self::Redis(text.to_owned())
+            } else {
+                return Err(format!(
+                "{flag}: unknown store `{text}` (expected memory, sqlite://PATH, postgres://…{})",
+                if flag == "--session-store" { " or redis://…" } else { "" }
+            ));
+            };
+        if matches!(store, Self::Redis(_)) && flag == "--store" {
+            return Err(format!(
+                "--store: redis holds sessions only; use it with --session-store (got `{text}`)"
+            ));
+        }
+        Ok(store)
+    }
+
+    /// The URL with any password replaced by `***`, for messages and logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Memory => "memory".to_owned(),
+            Self::Sqlite(url) => url.clone(),
+            Self::Postgres(url) | Self::Redis(url) => redact_password(url),
+        }
+    }
+}
+
+/// `scheme://user:secret@host…` → `scheme://user:***@host…`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Sqlite(_) => write!(f, "Sqlite({:?})", self.redacted()),
+            Self::Postgres(_) => write!(f, "Postgres({:?})", self.redacted()),
+            Self::Redis(_) => write!(f, "Redis({:?})", self.redacted()),
+        }
+    }
+}
+
+/// The server's settings, from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Lifetime given to a session at creation and at each renewal.
+    pub session_duration: Duration,
+    /// Renew only when less than this is left.
+    pub refresh_threshold: Duration,
+    /// Hard cap on a session's life; `None` disables it.
+    pub absolute_lifetime: Option<Duration>,
+    /// Where conversations, messages, files, widget settings and
+    /// subscriptions live.
+    pub store: StoreUrl,
+    /// Where sessions live; `None` means the same as `store`.
+    pub session_store: Option<StoreUrl>,
+    /// The secret billing webhooks are signed with; `None` disables
+    /// `POST /billing/webhook` (503 `webhook_not_configured`).
+    pub webhook_secret: Option<WebhookSecret>,
+}
+
+/// The secret a billing webhook's signature is keyed with. `Debug` never
+/// prints it, so a logged `Config` leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    /// The secret, for keying the verifier (and for tests signing webhooks).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret([redacted])")
+    }
+}
+
+impl Config {
+    /// Where sessions live: `--session-store`, or else `--store`.
+    pub fn session_store(&self) -> &StoreUrl {
+        self.session_store.as_ref().unwrap_or(&self.store)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            session_duration: Duration::from_secs(24 * 3600),
+            refresh_threshold: Duration::from_secs(4 * 3600),
+            absolute_lifetime: Some(Duration::from_secs(30 * 24 * 3600)),
+            store: StoreUrl::Sqlite(DEFAULT_STORE.to_owned()),
+            session_store: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedArgs {
+    /// `--help`: print the usage and exit.
+    Help,
+    /// Run the server with these settings.
+    Run(Config),
+}
+
+/// Parses the command line (without the program name).
+///
+/// Only the syntax is checked here; whether the session settings fit
+/// together is the library's call, made by [`build_app`].
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, String> {
+    let mut config = Config::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(ParsedArgs::Help);
+        }
+        let (flag, mut inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg, None),
+        };
+        // `--flag=value`, or else the next argument (unless it is a flag).
+        let mut value = || match inline_value.take() {
+            Some(value) => Ok(value),
+            None => args
+                .next()
+                .filter(|value| !value.starts_with("--"))
+                .ok_or_else(|| format!("{flag} needs a value")),
+        };
+        match flag.as_str() {
+            "--addr" => {
+                let value = value()?;
+                config.addr = value.parse().map_err(|_| {
+                    format!("--addr: `{value}` is not an IP:PORT address (e.g. 127.0.0.1:3000)")
+                })?;
+            }
+            "--session-duration" => config.session_duration = parse_duration(&flag, &value()?)?,
+            "--refresh-threshold" => config.refresh_threshold = parse_duration(&flag, &value()?)?,
+            "--absolute-lifetime" => {
+                config.absolute_lifetime = match value()?.as_str() {
+                    "off" => None,
+                    duration => Some(parse_duration(&flag, duration)?),
+                };
+            }
+            "--store" => config.store = StoreUrl::parse(&flag, &value()?)?,
+            "--session-store" => config.session_store = Some(StoreUrl::parse(&flag, &value()?)?),
+            "--webhook-secret" => {
+                let secret = value()?;
+                if secret.trim().is_empty() {
+                    return Err("--webhook-secret must not be empty".to_owned());
+                }
+                config.webhook_secret = Some(WebhookSecret(secret));
+            }
+            unknown if unknown.starts_with("--") => {
+                return Err(format!("unknown flag `{unknown}`"))
+            }
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    Ok(ParsedArgs::Run(config))
+}
+
+fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{flag}: `{text}` is not a duration ({error}; e.g. 10s, 4h, 30d)"))
+}

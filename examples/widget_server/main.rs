@@ -1,0 +1,208 @@
+//! The reference server: the support-widget backend tower-saas-guard was
+//! extracted from, in axum, built only on the library's public API.
+//!
+//! **Visitors** (the widget) open a contact session (name, e-mail,
+//! organization), get a token back, and send it in the `x-session-id`
+//! header to start conversations and send messages. Sessions are sliding:
+//! creating a conversation and sending a message renew the session when it
+//! is close to expiring; reading never does.
+//!
+//! **Operators** (the dashboard) act for the organization named in the
+//! `x-organization-id` header. That header **stands in for the
+//! application's own authentication**: a real dashboard would take the
+//! organization from its login (for example with `FromExtension` after its
+//! auth middleware), never from a header the client chooses. Operators
+//! list and answer their organization's conversations (all visitors'),
+//! polish drafts, manage files and set the widget's greeting.
+//!
+//! **Billing** posts signed webhooks to `POST /billing/webhook` (enabled by
+//! `--webhook-secret`; without it the route answers 503
+//! `webhook_not_configured`). The signature is checked on the raw body
+//! before it is parsed; a valid webhook upserts the subscription, keyed by
+//! organization and subscription id, and takes effect on the very next
+//! request. (A command line is visible to other users of the machine: a
+//! real deployment would read the secret from its environment.)
+//!
+//! # What a subscription buys
+//!
+//! One `Entitlements` cache over one subscription store decides for every
+//! route, with the default [`EntitlementPolicy`]: an organization is
+//! entitled while it holds an `active` or `trialing` subscription whose
+//! current period (when given) has not ended; every plan counts the same.
+//!
+//! | feature | without a subscription |
+//! |---|---|
+//! | AI reply to a visitor message (soft) | the message is saved and the conversation is `escalated` |
+//! | `POST /operator/conversations/{id}/enhance` (required) | 403 `subscription_required` |
+//! | `POST /operator/files` (required) | 403 `subscription_required` |
+//! | creating widget settings (required to create only) | 403 `subscription_required`; updating existing settings is always allowed |
+//!
+//! Everything else (reading, replying, listing and deleting files) is open
+//! to every organization. The AI reply and the draft enhancement are
+//! deterministic stand-ins (`stand_in_ai_reply`, `stand_in_enhance` in
+//! `ai.rs`): no model, no network.
+//!
+//! # Stores
+//!
+//! `--store` (default `sqlite://widget.db`, created in the working
+//! directory) holds conversations, messages, files, widget settings and
+//! subscriptions; `--session-store` (default: the same) holds sessions.
+//!
+//! | `--store` / `--session-store` | for |
+//! |---|---|
+//! | `memory` | a demo; everything is lost on exit |
+//! | `sqlite://PATH` | one machine; survives a restart |
+//! | `postgres://USER@HOST:PORT/DB` | several instances on one database |
+//! | `redis://HOST:PORT` (`--session-store` only) | sessions shared by several instances |
+//!
+//! The app's own tables (`widget_*`) are created at start-up by plain
+//! idempotent DDL in `storage/sqlite.rs` and `storage/postgres.rs`. The
+//! library's SQLite, PostgreSQL and Redis session and subscription stores
+//! are not in this build yet: until they are, sessions and subscriptions
+//! stay in memory whatever the flags say (`backends.rs` holds the switch
+//! and says so on stderr). Expired sessions are purged in the background
+//! every 10 minutes, once they are 24 h past their expiry.
+//!
+//! ```text
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store memory --session-duration 10s --refresh-threshold 5s
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --webhook-secret whsec_demo
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store postgres://postgres@127.0.0.1:5432/widget
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --help
+//! ```
+//!
+//! # Routes
+//!
+//! | route | session | organization / gating |
+//! |---|---|---|
+//! | `POST /contact-sessions` | none | none |
+//! | `GET /contact-sessions/current` | validate only | none |
+//! | `DELETE /contact-sessions/current` (logout, 204) | validate only | none |
+//! | `POST /conversations` | renews | none |
+//! | `GET /conversations/{id}/messages` (paginated) | validate only | none |
+//! | `POST /conversations/{id}/messages` | renews | soft |
+//! | `GET /operator/subscription` | none | header, soft |
+//! | `GET /operator/conversations` (paginated) | none | header |
+//! | `POST /operator/conversations/{id}/messages` | none | header |
+//! | `POST /operator/conversations/{id}/enhance` | none | header, required |
+//! | `POST /operator/files`, `GET` (paginated), `DELETE /operator/files/{id}` | none | header; required to upload |
+//! | `PUT /operator/widget-settings` | none | header; required to create |
+//! | `GET /operator/contact-sessions` (paginated) | none | header |
+//! | `DELETE /operator/contact-sessions/{session_ref}` (204) | none | header |
+//! | `DELETE /operator/contact-sessions` (`{revoked}`) | none | header |
+//! | `POST /billing/webhook` | none | signature |
+//!
+//! Listings are oldest first: `?limit=` (default 50, at most 200) and
+//! `?cursor=` (the previous page's `next_cursor`, `null` on the last page);
+//! a bad one is 400 `invalid_request` (`pagination.rs`).
+//!
+//! # Where things are
+//!
+//! `cli.rs` (flags, `--help`), `app.rs` (state, layers, the router),
+//! `backends.rs` (opening the stores the flags name), `routes/` (`visitor.rs`,
+//! `operator.rs`, `billing.rs`), `storage/` (the app's store trait and its
+//! `memory.rs`, `sqlite.rs`, `postgres.rs`), `pagination.rs`, `input.rs`
+//! (checks on what clients send), `problem.rs` (error answers), `ai.rs`.
+//!
+//! The first line on stdout is `listening on http://ADDR`; `--addr 127.0.0.1:0`
+//! picks a free port. Invalid flags exit with status 2 before anything
+//! listens. Try the 10 s / 5 s demonstration with curl:
+//!
+//! ```text
+//! curl -si localhost:3000/contact-sessions -H 'content-type: application/json' \
+//!      -d '{"name":"Ada","email":"ada@example.com","organization_id":"org_1"}'
+//! curl -si -X POST localhost:3000/conversations -H 'x-session-id: <session_id>'
+//! ```
+//!
+//! Every response that went through the session layer carries
+//! `x-session-expires-at`; watch it move forward only when less than the
+//! refresh threshold was left.
+//!
+//! Upgrade `org_1` with a signed webhook (`t=<unix seconds>,v1=<hex
+//! HMAC-SHA256(secret, "<t>.<raw body>")>`), then look:
+//!
+//! ```text
+//! body='{"organization_id":"org_1","subscription_id":"sub_1","status":"active","plan":"pro"}'
+//! t=$(date +%s)
+//! v1=$(printf '%s.%s' "$t" "$body" | openssl dgst -sha256 -hmac whsec_demo -hex | sed 's/^.* //')
+//! curl -si localhost:3000/billing/webhook -H "webhook-signature: t=$t,v1=$v1" -d "$body"
+//! curl -si localhost:3000/operator/subscription -H 'x-organization-id: org_1'
+//! ```
+
+mod ai;
+mod app;
+mod backends;
+mod cli;
+mod input;
+mod pagination;
+mod problem;
+mod routes;
+mod storage;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use tower_saas_guard::SystemClock;
+
+pub use app::{build_app, StartError};
+use cli::USAGE;
+pub use cli::{parse_args, Config, ParsedArgs, StoreUrl};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(ParsedArgs::Run(config)) => config,
+        Ok(ParsedArgs::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => return usage_error(&message),
+    };
+    let app = match build_app(&config, SystemClock).await {
+        Ok(app) => app,
+        Err(StartError::Usage(message)) => return usage_error(&message),
+        Err(StartError::Store(message)) => {
+            eprintln!("widget_server: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let listener = match tokio::net::TcpListener::bind(config.addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("widget_server: cannot listen on {}: {error}", config.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("widget_server: cannot read the bound address: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("listening on http://{addr}");
+    // Whoever started us waits for this line: do not leave it in a buffer.
+    let _ = std::io::stdout().flush();
+
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("widget_server: server failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Invalid flags: a message on stderr and exit status 2.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("widget_server: {message}");
+    eprintln!("Run `widget_server --help` for the flags.");
+    ExitCode::from(2)
+}

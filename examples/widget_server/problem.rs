@@ -1,0 +1,123 @@
+//! Error answers: RFC 9457 problem+json with a `code`, like the library's
+//! own rejections.
+
+use std::fmt;
+
+use axum::body::Body;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tower_saas_guard::billing::WebhookError;
+use tower_saas_guard::{problem_json, ErrorCode, StoreError};
+
+/// An error answer: RFC 9457 problem+json with a `code`, like the library's
+/// own rejections.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) detail: String,
+}
+
+impl ApiError {
+    pub(crate) fn invalid_request(detail: String) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            title: "Invalid request",
+            detail,
+        }
+    }
+
+    pub(crate) fn not_found(detail: String) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            title: "Not found",
+            detail,
+        }
+    }
+
+    /// The same answer as the library's `subscription_required`, for a
+    /// decision a handler makes itself.
+    pub(crate) fn subscription_required(detail: String) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: ErrorCode::SubscriptionRequired.as_str(),
+            title: ErrorCode::SubscriptionRequired.title(),
+            detail,
+        }
+    }
+
+    /// `which` store (`session`, `subscription`) failed with `error`.
+    pub(crate) fn store_unavailable(which: &'static str, error: &dyn fmt::Display) -> Self {
+        eprintln!("widget_server: {which} store failed: {error}");
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::StoreUnavailable.as_str(),
+            title: ErrorCode::StoreUnavailable.title(),
+            detail: format!("The {which} store is unavailable; retry later."),
+        }
+    }
+
+    /// The application's own store (conversations, files, settings) failed.
+    pub(crate) fn app_store(error: StoreError) -> Self {
+        Self::store_unavailable("application", &error)
+    }
+
+    pub(crate) fn webhook_not_configured() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "webhook_not_configured",
+            title: "Webhook not configured",
+            detail: "This server has no webhook secret (--webhook-secret), so it cannot \
+                     verify billing webhooks."
+                .to_owned(),
+        }
+    }
+
+    /// A refused webhook, with the library's code and status (nothing was
+    /// applied).
+    pub(crate) fn webhook(error: WebhookError) -> Self {
+        if matches!(error, WebhookError::Store(_)) {
+            return Self::store_unavailable("subscription", &error);
+        }
+        eprintln!("widget_server: billing webhook refused: {error}");
+        let title = match error.code() {
+            "invalid_signature" => "Invalid signature",
+            "invalid_request" => "Invalid request",
+            _ => "Webhook refused",
+        };
+        Self {
+            status: error.status(),
+            code: error.code(),
+            title,
+            detail: error.to_string(),
+        }
+    }
+
+    pub(crate) fn internal(detail: String) -> Self {
+        eprintln!("widget_server: internal error: {detail}");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal_error",
+            title: "Internal server error",
+            detail: "The server failed to answer this request.".to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response =
+            problem_json(self.status, self.code, self.title, &self.detail).map(Body::from);
+        // Worth retrying soon; a missing webhook secret is not.
+        if self.code == ErrorCode::StoreUnavailable.as_str() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,381 @@
+//! `--store sqlite://PATH`: the application's tables in the same SQLite
+//! file as the sessions and subscriptions.
+//!
+//! The `widget_*` tables are created at start-up by [`SCHEMA`], plain
+//! idempotent DDL, so they never mix with the library's migrations.
+//! Positions in creation order are the tables' `AUTOINCREMENT` keys.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::Row;
+use tower_saas_guard::StoreError;
+
+use super::{
+    from_millis, session_id_from_bytes, to_millis, AppStore, Conversation, Listing, Message,
+    NewFile, Page, Status, StoredFile,
+};
+
+/// The application's tables; safe to run at every start.
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS widget_conversations (
+    position        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    organization_id TEXT    NOT NULL,
+    session_id      BLOB    NOT NULL,
+    status          TEXT    NOT NULL,
+    created_at_ms   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS widget_conversations_by_organization
+    ON widget_conversations (organization_id, position);
+
+CREATE TABLE IF NOT EXISTS widget_messages (
+    position        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    conversation_id TEXT    NOT NULL REFERENCES widget_conversations (id),
+    role            TEXT    NOT NULL,
+    content         TEXT    NOT NULL,
+    created_at_ms   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS widget_messages_by_conversation
+    ON widget_messages (conversation_id, position);
+
+CREATE TABLE IF NOT EXISTS widget_files (
+    position        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    organization_id TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    content         TEXT    NOT NULL,
+    size_bytes      INTEGER NOT NULL,
+    created_at_ms   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS widget_files_by_organization
+    ON widget_files (organization_id, position);
+
+CREATE TABLE IF NOT EXISTS widget_settings (
+    organization_id TEXT PRIMARY KEY,
+    greeting        TEXT NOT NULL
+);
+";
+
+/// The application's data in SQLite.
+#[derive(Debug, Clone)]
+pub(crate) struct SqliteAppStore {
+    pool: SqlitePool,
+}
+
+impl SqliteAppStore {
+    /// Creates the tables (if missing) in `pool`'s database.
+    pub(crate) async fn new(pool: SqlitePool) -> Result<Self, StoreError> {
+        sqlx::raw_sql(SCHEMA)
+            .execute(&pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(Self { pool })
+    }
+}
+
+fn conversation(row: &SqliteRow) -> Result<(i64, Conversation), StoreError> {
+    let session_id: Vec<u8> = row.try_get("session_id").map_err(StoreError::backend)?;
+    let status: String = row.try_get("status").map_err(StoreError::backend)?;
+    Ok((
+        row.try_get("position").map_err(StoreError::backend)?,
+        Conversation {
+            id: row.try_get("id").map_err(StoreError::backend)?,
+            organization_id: row
+                .try_get("organization_id")
+                .map_err(StoreError::backend)?,
+            session_id: session_id_from_bytes(&session_id)?,
+            status: status.parse()?,
+            created_at: created_at(row)?,
+        },
+    ))
+}
+
+fn message(row: &SqliteRow) -> Result<(i64, Message), StoreError> {
+    let role: String = row.try_get("role").map_err(StoreError::backend)?;
+    Ok((
+        row.try_get("position").map_err(StoreError::backend)?,
+        Message {
+            id: row.try_get("id").map_err(StoreError::backend)?,
+            role: role.parse()?,
+            content: row.try_get("content").map_err(StoreError::backend)?,
+            created_at: created_at(row)?,
+        },
+    ))
+}
+
+fn file(row: &SqliteRow) -> Result<(i64, StoredFile), StoreError> {
+    let size_bytes: i64 = row.try_get("size_bytes").map_err(StoreError::backend)?;
+    Ok((
+        row.try_get("position").map_err(StoreError::backend)?,
+        StoredFile {
+            id: row.try_get("id").map_err(StoreError::backend)?,
+            name: row.try_get("name").map_err(StoreError::backend)?,
+            size_bytes: u64::try_from(size_bytes)
+                .map_err(|_| super::malformed(format!("a file of {size_bytes} bytes")))?,
+            created_at: created_at(row)?,
+        },
+    ))
+}
+
+fn created_at(row: &SqliteRow) -> Result<SystemTime, StoreError> {
+    from_millis(row.try_get("created_at_ms").map_err(StoreError::backend)?)
+}
+
+fn rows<T>(
+    rows: Vec<SqliteRow>,
+    decode: impl Fn(&SqliteRow) -> Result<(i64, T), StoreError>,
+) -> Result<Vec<(i64, T)>, StoreError> {
+    rows.iter().map(decode).collect()
+}
+
+/// `LIMIT` for a page: one more row than it shows.
+fn fetch(page: Page) -> i64 {
+    page.fetch() as i64
+}
+
+#[async_trait]
+impl AppStore for SqliteAppStore {
+    async fn greeting(&self, organization_id: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT greeting FROM widget_settings WHERE organization_id = ?")
+            .bind(organization_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::backend)
+    }
+
+    async fn put_greeting(
+        &self,
+        organization_id: &str,
+        greeting: &str,
+        may_create: bool,
+    ) -> Result<Option<bool>, StoreError> {
+        if may_create {
+            let inserted = sqlx::query(
+                "INSERT INTO widget_settings (organization_id, greeting) VALUES (?, ?) \
+                 ON CONFLICT (organization_id) DO NOTHING",
+            )
+            .bind(organization_id)
+            .bind(greeting)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+            if inserted.rows_affected() > 0 {
+                return Ok(Some(true));
+            }
+        }
+        let updated =
+            sqlx::query("UPDATE widget_settings SET greeting = ? WHERE organization_id = ?")
+                .bind(greeting)
+                .bind(organization_id)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+        Ok((updated.rows_affected() > 0).then_some(false))
+    }
+
+    async fn create_conversation(
+        &self,
+        conversation: &Conversation,
+        first: &Message,
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
+        sqlx::query(
+            "INSERT INTO widget_conversations \
+             (id, organization_id, session_id, status, created_at_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&conversation.id)
+        .bind(&conversation.organization_id)
+        .bind(conversation.session_id.as_bytes().as_slice())
+        .bind(conversation.status.as_str())
+        .bind(to_millis(conversation.created_at))
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::backend)?;
+        insert_message(&mut transaction, &conversation.id, first).await?;
+        transaction.commit().await.map_err(StoreError::backend)
+    }
+
+    async fn conversation(
+        &self,
+        organization_id: &str,
+        id: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM widget_conversations WHERE id = ? AND organization_id = ?")
+                .bind(id)
+                .bind(organization_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+        row.as_ref()
+            .map(|row| conversation(row).map(|(_, conversation)| conversation))
+            .transpose()
+    }
+
+    async fn conversations(
+        &self,
+        organization_id: &str,
+        page: Page,
+    ) -> Result<Listing<Conversation>, StoreError> {
+        let found = sqlx::query(
+            "SELECT * FROM widget_conversations WHERE organization_id = ? AND position > ? \
+             ORDER BY position LIMIT ?",
+        )
+        .bind(organization_id)
+        .bind(page.after_position())
+        .bind(fetch(page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        Ok(page.listing(rows(found, conversation)?))
+    }
+
+    async fn messages(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+        page: Page,
+    ) -> Result<Listing<Message>, StoreError> {
+        let found = sqlx::query(
+            "SELECT m.* FROM widget_messages m \
+             JOIN widget_conversations c ON c.id = m.conversation_id \
+             WHERE m.conversation_id = ? AND c.organization_id = ? AND m.position > ? \
+             ORDER BY m.position LIMIT ?",
+        )
+        .bind(conversation_id)
+        .bind(organization_id)
+        .bind(page.after_position())
+        .bind(fetch(page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        Ok(page.listing(rows(found, message)?))
+    }
+
+    async fn add_visitor_message(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+        message: &Message,
+        ai_reply: Option<&Message>,
+    ) -> Result<Option<(Status, bool)>, StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
+        // The write comes first, so the transaction holds the write lock
+        // from its first statement: the status it reads is the one it sets.
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE widget_conversations \
+             SET status = CASE WHEN ? AND status = 'unresolved' THEN status ELSE 'escalated' END \
+             WHERE id = ? AND organization_id = ? RETURNING status",
+        )
+        .bind(ai_reply.is_some())
+        .bind(conversation_id)
+        .bind(organization_id)
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::backend)?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        let status: Status = status.parse()?;
+        insert_message(&mut transaction, conversation_id, message).await?;
+        let reply = ai_reply.filter(|_| status == Status::Unresolved);
+        if let Some(reply) = reply {
+            insert_message(&mut transaction, conversation_id, reply).await?;
+        }
+        transaction.commit().await.map_err(StoreError::backend)?;
+        Ok(Some((status, reply.is_some())))
+    }
+
+    async fn add_operator_message(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+        message: &Message,
+    ) -> Result<Option<Status>, StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE widget_conversations SET status = status \
+             WHERE id = ? AND organization_id = ? RETURNING status",
+        )
+        .bind(conversation_id)
+        .bind(organization_id)
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::backend)?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        insert_message(&mut transaction, conversation_id, message).await?;
+        transaction.commit().await.map_err(StoreError::backend)?;
+        Ok(Some(status.parse()?))
+    }
+
+    async fn create_file(&self, file: &NewFile) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO widget_files \
+             (id, organization_id, name, content, size_bytes, created_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&file.id)
+        .bind(&file.organization_id)
+        .bind(&file.name)
+        .bind(&file.content)
+        .bind(file.content.len() as i64)
+        .bind(to_millis(file.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    async fn files(
+        &self,
+        organization_id: &str,
+        page: Page,
+    ) -> Result<Listing<StoredFile>, StoreError> {
+        let found = sqlx::query(
+            "SELECT position, id, name, size_bytes, created_at_ms FROM widget_files \
+             WHERE organization_id = ? AND position > ? ORDER BY position LIMIT ?",
+        )
+        .bind(organization_id)
+        .bind(page.after_position())
+        .bind(fetch(page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        Ok(page.listing(rows(found, file)?))
+    }
+
+    async fn delete_file(&self, organization_id: &str, id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM widget_files WHERE id = ? AND organization_id = ?")
+            .bind(id)
+            .bind(organization_id)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(deleted.rows_affected() > 0)
+    }
+}
+
+async fn insert_message(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conversation_id: &str,
+    message: &Message,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO widget_messages (id, conversation_id, role, content, created_at_ms) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&message.id)
+    .bind(conversation_id)
+    .bind(message.role.as_str())
+    .bind(&message.content)
+    .bind(to_millis(message.created_at))
+    .execute(&mut **transaction)
+    .await
+    .map_err(StoreError::backend)?;
+    Ok(())
+}

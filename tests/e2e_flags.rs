@@ -1,0 +1,321 @@
+//! The reference server's command line, parsed in-process and run as a
+//! process: defaults, syntax, exit status 2, `--help`, the first line.
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
+
+mod e2e_support;
+
+use e2e_support::*;
+
+// ---------------------------------------------------------------------------
+// Flags, without a process
+// ---------------------------------------------------------------------------
+
+#[test]
+fn no_flags_give_the_documented_defaults() {
+    let config = parsed_config(&[]);
+    assert_eq!(config.addr, "127.0.0.1:3000".parse::<SocketAddr>().unwrap());
+    assert_eq!(config.session_duration, 24 * HOUR);
+    assert_eq!(config.refresh_threshold, 4 * HOUR);
+    assert_eq!(config.absolute_lifetime, Some(30 * DAY));
+    assert_eq!(
+        config.store,
+        StoreUrl::Sqlite("sqlite://widget.db".to_owned())
+    );
+    assert_eq!(config.session_store, None);
+    assert_eq!(config.webhook_secret, None);
+}
+
+#[test]
+fn flags_are_accepted_as_separate_or_inline_values() {
+    let config = parsed_config(&[
+        "--addr=127.0.0.1:0",
+        "--session-duration",
+        "10s",
+        "--refresh-threshold=5s",
+        "--absolute-lifetime",
+        "off",
+        "--store=memory",
+        "--session-store",
+        "memory",
+    ]);
+    assert_eq!(config.addr, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
+    assert_eq!(config.session_duration, 10 * SECOND);
+    assert_eq!(config.refresh_threshold, 5 * SECOND);
+    assert_eq!(config.absolute_lifetime, None);
+    assert_eq!(config.session_store, Some(StoreUrl::Memory));
+
+    let with_spaces = parsed_config(&["--absolute-lifetime=2h 30m"]);
+    assert_eq!(
+        with_spaces.absolute_lifetime,
+        Some(2 * HOUR + 30 * 60 * SECOND)
+    );
+}
+
+#[test]
+fn webhook_secret_flag_is_kept_as_given_and_never_printed() {
+    for args in [
+        &["--webhook-secret", "whsec_Top Secret"][..],
+        &["--webhook-secret=whsec_Top Secret"][..],
+    ] {
+        let config = parsed_config(args);
+        let secret = config.webhook_secret.as_ref().expect("a secret");
+        assert_eq!(secret.expose(), "whsec_Top Secret", "{args:?}");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("Top Secret"), "{printed}");
+    }
+    // A secret that starts with `--` needs the inline form.
+    let config = parsed_config(&["--webhook-secret=--dashes"]);
+    assert_eq!(config.webhook_secret.unwrap().expose(), "--dashes");
+}
+
+#[test]
+fn help_flag_asks_for_usage_wherever_it_is() {
+    for args in [
+        vec!["--help"],
+        vec!["-h"],
+        vec!["--session-duration", "10s", "--help"],
+    ] {
+        let parsed = parse_args(args.iter().map(|arg| (*arg).to_owned()));
+        assert_eq!(parsed, Ok(ParsedArgs::Help), "{args:?}");
+    }
+}
+
+#[test]
+fn malformed_command_lines_are_errors_naming_the_problem() {
+    let cases: [(&[&str], &str); 13] = [
+        (&["--verbose"], "--verbose"),
+        (&["--webhook-secret"], "--webhook-secret needs a value"),
+        (&["--webhook-secret="], "--webhook-secret must not be empty"),
+        (
+            &["--webhook-secret", "  "],
+            "--webhook-secret must not be empty",
+        ),
+        (&["--addr"], "--addr needs a value"),
+        (&["--addr", "--store", "memory"], "--addr needs a value"),
+        (&["--addr", "localhost"], "--addr"),
+        (&["--session-duration", "soon"], "--session-duration"),
+        (&["--refresh-threshold=5"], "--refresh-threshold"),
+        (&["--absolute-lifetime", "forever"], "--absolute-lifetime"),
+        (&["serve"], "serve"),
+        (&["--store", "mysql://db"], "--store"),
+        (&["--store", "redis://cache"], "--session-store"),
+    ];
+    for (args, expected) in cases {
+        match parse_args(args.iter().map(|arg| (*arg).to_owned())) {
+            Err(message) => assert!(
+                message.contains(expected),
+                "{args:?}: {message:?} should mention {expected:?}"
+            ),
+            Ok(parsed) => panic!("{args:?} should be an error, got {parsed:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn build_app_rejects_session_settings_the_library_rejects() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--session-duration", "10s", "--refresh-threshold", "11s"],
+            "refresh threshold",
+        ),
+        (&["--absolute-lifetime", "23h"], "absolute lifetime"),
+        (&["--session-duration", "0s"], "duration"),
+    ];
+    for (args, expected) in cases {
+        let mut config = parsed_config(args);
+        config.store = StoreUrl::Memory;
+        match build_app(&config, ManualClock::new(epoch())).await {
+            Err(StartError::Usage(message)) => assert!(
+                message.contains(expected),
+                "{args:?}: {message:?} should mention {expected:?}"
+            ),
+            Err(other) => panic!("{args:?}: a usage error, got {other:?}"),
+            Ok(_) => panic!("{args:?} should be rejected"),
+        }
+    }
+    // The edges are allowed.
+    for args in [
+        &["--session-duration", "10s", "--refresh-threshold", "10s"][..],
+        &["--absolute-lifetime", "24h"][..],
+    ] {
+        let mut config = parsed_config(args);
+        config.store = StoreUrl::Memory;
+        assert!(
+            build_app(&config, ManualClock::new(epoch())).await.is_ok(),
+            "{args:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The binary
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn binary_prints_the_bound_address_first_and_serves_the_visitor_routes() {
+    let (running, line) = spawn_binary(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--session-duration=1h",
+        "--refresh-threshold=10m",
+    ])
+    .await;
+    assert!(running.addr.ip().is_loopback(), "{line}");
+    assert_ne!(running.addr.port(), 0, "the real port is printed: {line}");
+    assert_eq!(line, format!("listening on http://{}", running.addr));
+
+    let api = Api::new(running.addr);
+    let reply = api
+        .post_json(
+            "/contact-sessions",
+            None,
+            &visitor("Ada", "ada@example.com", "org_1"),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let lifetime = timestamp(&reply.body, "expires_at")
+        .duration_since(timestamp(&reply.body, "created_at"))
+        .expect("expires after creation");
+    assert_eq!(lifetime, HOUR, "--session-duration=1h reached the server");
+    let token = reply.body["session_id"].as_str().unwrap().to_owned();
+
+    let reply = api.get("/contact-sessions/current", Some(&token)).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["name"], "Ada");
+    assert!(reply.session_expires_at().is_some(), "{reply:?}");
+
+    let id = api.start_conversation(&token).await;
+    let reply = api.send_message(&token, &id, "hello").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let reply = api
+        .get(&format!("/conversations/{id}/messages"), Some(&token))
+        .await;
+    let roles: Vec<&str> = reply.body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|message| message["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["assistant", "user"]);
+
+    api.get("/contact-sessions/current", None)
+        .await
+        .assert_session_rejected("session_missing");
+    api.get("/nowhere", None)
+        .await
+        .assert_problem(404, "not_found");
+    // Started without --webhook-secret.
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    let signed = signature(SECRET, &body, SystemTime::now());
+    api.post_webhook(&body, Some(&signed))
+        .await
+        .assert_problem(503, "webhook_not_configured");
+}
+
+#[tokio::test]
+async fn binary_with_a_webhook_secret_applies_signed_webhooks_to_every_route() {
+    let (running, _) = spawn_binary(&["--addr", "127.0.0.1:0", "--webhook-secret", SECRET]).await;
+    let api = Api::new(running.addr);
+    let token = api.start_session().await;
+    let id = api.start_conversation(&token).await;
+    api.enhance("org_1", &id, "hi")
+        .await
+        .assert_problem(403, "subscription_required");
+
+    // The binary reads the system clock: sign at the current time.
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    let forged = signature("whsec_wrong", &body, SystemTime::now());
+    api.post_webhook(&body, Some(&forged))
+        .await
+        .assert_problem(401, "invalid_signature");
+    let stale = signature(SECRET, &body, SystemTime::now() - 10 * MINUTE);
+    api.post_webhook(&body, Some(&stale))
+        .await
+        .assert_problem(401, "invalid_signature");
+    api.post_webhook("{", Some(&signature(SECRET, "{", SystemTime::now())))
+        .await
+        .assert_problem(400, "invalid_request");
+    assert_eq!(api.subscription("org_1").await["entitled"], false);
+
+    let reply = api
+        .post_webhook(&body, Some(&signature(SECRET, &body, SystemTime::now())))
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body,
+        json!({ "organization_id": "org_1", "entitled": true })
+    );
+    assert_eq!(
+        api.subscription("org_1").await,
+        json!({ "entitled": true, "plan": "pro", "status": "active" })
+    );
+    assert_eq!(api.enhance("org_1", &id, "hi").await.status, 200);
+    let reply = api.send_message(&token, &id, "hello").await;
+    assert_eq!(reply.body["ai_replied"], true, "{reply:?}");
+    api.get("/operator/files", None)
+        .await
+        .assert_problem(401, "organization_missing");
+}
+
+#[tokio::test]
+async fn binary_exits_2_with_a_message_on_invalid_flags_before_listening() {
+    let db = std::env::temp_dir().join(format!("widget-e2e-{}.db", std::process::id()));
+    let sqlite = format!("sqlite://{}", db.display());
+    let cases: [(&[&str], &str); 9] = [
+        (&["--session-duration", "soon"], "--session-duration"),
+        (
+            &["--session-duration", "10s", "--refresh-threshold", "20s"],
+            "refresh threshold",
+        ),
+        (&["--absolute-lifetime", "1h"], "absolute lifetime"),
+        (&["--store", &sqlite, "--session-duration=0s"], "duration"),
+        (&["--verbose"], "--verbose"),
+        (&["--addr"], "--addr"),
+        (&["--store", "mysql://localhost/widget"], "unknown store"),
+        (&["--store", "postgres://localhost:port/widget"], "--store"),
+        (
+            &["--session-store", "redis://localhost:port"],
+            "--session-store",
+        ),
+    ];
+    for (flags, expected) in cases {
+        // A port of its own, so a binary that wrongly starts never clashes.
+        let mut args = vec!["--addr", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        let (status, stdout, stderr) = run_binary(&args).await;
+        assert_eq!(status, Some(2), "{args:?}: stderr {stderr:?}");
+        assert!(
+            stdout.is_empty(),
+            "{args:?}: nothing on stdout, got {stdout:?}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: stderr {stderr:?} should mention {expected:?}"
+        );
+    }
+    assert!(!db.exists(), "bad flags create no database file");
+}
+
+#[tokio::test]
+async fn binary_prints_usage_on_help_and_exits_0() {
+    let (status, stdout, stderr) = run_binary(&["--help"]).await;
+    assert_eq!(status, Some(0), "stderr {stderr:?}");
+    for flag in [
+        "--addr",
+        "--session-duration",
+        "--refresh-threshold",
+        "--absolute-lifetime",
+        "--store",
+        "--session-store",
+        "--webhook-secret",
+    ] {
+        assert!(stdout.contains(flag), "usage mentions {flag}: {stdout}");
+    }
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(stderr.is_empty(), "{stderr:?}");
+}
