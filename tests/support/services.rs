@@ -105,7 +105,7 @@ mod postgres {
 
     use futures_util::FutureExt;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::PgPool;
+    use sqlx::{ConnectOptions, Connection, PgPool};
 
     use super::{unique, unreachable};
 
@@ -162,15 +162,22 @@ mod postgres {
         F: FnOnce(PgSchema) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let admin = match PgPoolOptions::new()
+        // One direct connection first: its error says why (a pool's says
+        // only that it timed out).
+        let probe = tokio::time::timeout(Duration::from_secs(5), async {
+            PgConnectOptions::from_str(&database_url())?.connect().await
+        })
+        .await;
+        match probe {
+            Ok(Ok(connection)) => drop(connection.close().await),
+            Ok(Err(error)) => return unreachable("PostgreSQL", &error),
+            Err(_) => return unreachable("PostgreSQL", &"no answer within 5 s"),
+        }
+        let admin = PgPoolOptions::new()
             .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
             .connect(&database_url())
             .await
-        {
-            Ok(admin) => admin,
-            Err(error) => return unreachable("PostgreSQL", &error),
-        };
+            .expect("an admin pool");
         let name = unique("tsg_");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
             .execute(&admin)
