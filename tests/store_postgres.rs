@@ -576,3 +576,112 @@ async fn a_store_error_keeps_the_driver_error_as_source() {
     })
     .await;
 }
+
+// ---- The conformance kit ----
+
+#[cfg(feature = "test-kit")]
+mod conformance {
+    use tower_saas_guard::stores::postgres::{
+        PostgresInvalidationChannel, PostgresSessionStore, PostgresSubscriptionStore,
+    };
+    use tower_saas_guard::test_kit;
+
+    use super::kill_listener;
+    use crate::support::services::{unique, with_pg_schema};
+
+    // The kit's behaviours use distinct organizations and subjects, so the
+    // stores of one test share its schema.
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_postgres_session_store_passes_the_conformance_suite() {
+        with_pg_schema(|schema| async move {
+            test_kit::session_store_suite(|| async {
+                PostgresSessionStore::new(schema.pool.clone())
+            })
+            .await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_postgres_subscription_store_passes_the_conformance_suite() {
+        with_pg_schema(|schema| async move {
+            test_kit::subscription_store_suite(|| async {
+                PostgresSubscriptionStore::new(schema.pool.clone())
+            })
+            .await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_postgres_channel_passes_the_conformance_suite() {
+        with_pg_schema(|schema| async move {
+            let channel = unique("tsg_test_channel_");
+            let listening = unique("tsg_listener_");
+            test_kit::invalidation_channel_suite(
+                || async {
+                    PostgresInvalidationChannel::new(schema.pool.clone())
+                        .channel_name(channel.as_str())
+                        .listener_application_name(listening.as_str())
+                },
+                || kill_listener(&schema, &listening),
+            )
+            .await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn damaged_session_rows_fail_the_kits_malformed_check() {
+        with_pg_schema(|schema| async move {
+            // (A wrong-length id cannot be loaded by its id at all; listing
+            // finds it: see `malformed_rows_are_serialization_errors_not_panics`.)
+            for damage in [
+                "UPDATE tower_saas_guard_sessions SET payload = '{\"name\":' WHERE id = $1",
+                "UPDATE tower_saas_guard_sessions SET expires_at = -1 WHERE id = $1",
+                "UPDATE tower_saas_guard_sessions SET created_at = -5 WHERE id = $1",
+            ] {
+                let pool = schema.pool.clone();
+                test_kit::malformed_session_is_an_error(
+                    PostgresSessionStore::new(schema.pool.clone()),
+                    |session| async move {
+                        let damaged = sqlx::query(damage)
+                            .bind(session.id.as_bytes().to_vec())
+                            .execute(&pool)
+                            .await
+                            .expect("damage");
+                        assert_eq!(damaged.rows_affected(), 1);
+                    },
+                )
+                .await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn damaged_subscription_rows_fail_the_kits_malformed_check() {
+        with_pg_schema(|schema| async move {
+            for damage in [
+                "UPDATE tower_saas_guard_subscriptions SET status = 'lifetime' WHERE organization_id = $1",
+                "UPDATE tower_saas_guard_subscriptions SET trial_end = -7 WHERE organization_id = $1",
+            ] {
+                let pool = schema.pool.clone();
+                test_kit::malformed_subscription_is_an_error(
+                    PostgresSubscriptionStore::new(schema.pool.clone()),
+                    |subscription| async move {
+                        let damaged = sqlx::query(damage)
+                            .bind(subscription.organization_id)
+                            .execute(&pool)
+                            .await
+                            .expect("damage");
+                        assert_eq!(damaged.rows_affected(), 1);
+                    },
+                )
+                .await;
+            }
+        })
+        .await;
+    }
+}

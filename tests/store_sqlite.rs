@@ -495,3 +495,105 @@ async fn a_store_error_keeps_the_driver_error_as_source() {
     let source = std::error::Error::source(&error).expect("a source");
     assert!(source.downcast_ref::<sqlx::Error>().is_some());
 }
+
+// ---- The conformance kit ----
+
+#[cfg(feature = "test-kit")]
+mod conformance {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower_saas_guard::stores::sqlite::{SqliteSessionStore, SqliteSubscriptionStore};
+    use tower_saas_guard::test_kit;
+
+    use super::session_store;
+    use crate::support::services::sqlite_file;
+
+    /// Store constructors on fresh files of one temporary directory.
+    struct Files {
+        dir: tempfile::TempDir,
+        made: AtomicUsize,
+    }
+
+    impl Files {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().expect("a temporary directory"),
+                made: AtomicUsize::new(0),
+            }
+        }
+
+        fn next_url(&self) -> String {
+            let n = self.made.fetch_add(1, Ordering::SeqCst);
+            format!(
+                "sqlite://{}",
+                self.dir.path().join(format!("{n}.db")).display()
+            )
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_session_store_passes_the_conformance_suite() {
+        let files = Files::new();
+        test_kit::session_store_suite(|| async {
+            SqliteSessionStore::connect(&files.next_url())
+                .await
+                .expect("connect")
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_subscription_store_passes_the_conformance_suite() {
+        let files = Files::new();
+        test_kit::subscription_store_suite(|| async {
+            SqliteSubscriptionStore::connect(&files.next_url())
+                .await
+                .expect("connect")
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn damaged_session_rows_fail_the_kits_malformed_check() {
+        for damage in [
+            "UPDATE tower_saas_guard_sessions SET payload = '{\"name\":' WHERE id = ?1",
+            "UPDATE tower_saas_guard_sessions SET expires_at = -1 WHERE id = ?1",
+            "UPDATE tower_saas_guard_sessions SET created_at = 'yesterday' WHERE id = ?1",
+        ] {
+            let (_file, store) = session_store().await;
+            let pool = store.pool().clone();
+            test_kit::malformed_session_is_an_error(store, |session| async move {
+                let damaged = sqlx::query(damage)
+                    .bind(session.id.as_bytes().to_vec())
+                    .execute(&pool)
+                    .await
+                    .expect("damage");
+                assert_eq!(damaged.rows_affected(), 1);
+            })
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn damaged_subscription_rows_fail_the_kits_malformed_check() {
+        for damage in [
+            "UPDATE tower_saas_guard_subscriptions SET status = 'lifetime' WHERE organization_id = ?1",
+            "UPDATE tower_saas_guard_subscriptions SET current_period_end = -7 WHERE organization_id = ?1",
+        ] {
+            let file = sqlite_file();
+            let store = SqliteSubscriptionStore::connect(&file.url)
+                .await
+                .expect("connect");
+            let pool = store.pool().clone();
+            test_kit::malformed_subscription_is_an_error(store, |subscription| async move {
+                let damaged = sqlx::query(damage)
+                    .bind(subscription.organization_id)
+                    .execute(&pool)
+                    .await
+                    .expect("damage");
+                assert_eq!(damaged.rows_affected(), 1);
+            })
+            .await;
+        }
+    }
+}
