@@ -47,6 +47,8 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `axum` | [`Session`](session::Session), [`Entitlement`](subscription::Entitlement) and their `Option`s as axum extractors |
+//! | `sqlite` | `stores::sqlite`: SQLite session and subscription stores (sqlx) |
+//! | `postgres` | `stores::postgres`: PostgreSQL session and subscription stores and the `LISTEN/NOTIFY` invalidation channel (sqlx) |
 //!
 //! Without features the crate depends on tower, http, moka, serde and
 //! serde_json, futures-util, pin-project-lite, async-trait, Tokio's timer,
@@ -65,6 +67,7 @@ pub mod invalidation;
 pub mod rejection;
 mod request;
 pub mod session;
+pub mod stores;
 pub mod subscription;
 #[cfg(feature = "test-kit")]
 pub mod test_kit;

@@ -1,6 +1,11 @@
 //! Shared test doubles: a store that counts, gates, fails or hangs.
 #![allow(dead_code)]
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod services;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod store_cases;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
