@@ -47,6 +47,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `axum` | [`Session`](session::Session), [`Entitlement`](subscription::Entitlement) and their `Option`s as axum extractors |
+//! | `redis` | `stores::redis`: `RedisSessionStore` and `RedisInvalidationChannel` (pub/sub), on the `redis` crate |
 //!
 //! Without features the crate depends on tower, http, moka, serde and
 //! serde_json, futures-util, pin-project-lite, async-trait, Tokio's timer,
@@ -67,6 +68,7 @@ pub mod rejection;
 mod request;
 pub mod session;
 mod single_flight;
+pub mod stores;
 pub mod subscription;
 
 #[cfg(feature = "axum")]
