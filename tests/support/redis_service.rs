@@ -121,6 +121,12 @@ impl RedisFixture {
 
     /// Kills the pub/sub connections of user `name`; returns how many.
     pub async fn kill_pubsub_of(&self, name: &str) -> i64 {
+        self.kill_connections_of(name, "pubsub").await
+    }
+
+    /// Kills the connections of type `kind` (`normal`, `pubsub`) of user
+    /// `name`; returns how many.
+    pub async fn kill_connections_of(&self, name: &str, kind: &str) -> i64 {
         let user = format!("{}{name}", self.prefix);
         self.query(
             redis::cmd("CLIENT")
@@ -128,7 +134,7 @@ impl RedisFixture {
                 .arg("USER")
                 .arg(user)
                 .arg("TYPE")
-                .arg("pubsub"),
+                .arg(kind),
         )
         .await
     }

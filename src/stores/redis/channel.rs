@@ -20,6 +20,9 @@ pub const DEFAULT_CHANNEL_NAME: &str = "tsg:invalidation";
 /// How often an idle subscription pings the server when not set otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// The least time a heartbeat ping is given to be answered.
+const MIN_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long opening a subscription (connect + `SUBSCRIBE`) may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,8 +78,7 @@ impl RedisInvalidationChannel {
     /// own connections.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::backend)?;
-        let publisher = client
-            .get_connection_manager()
+        let publisher = ConnectionManager::new_with_config(client.clone(), publisher_config())
             .await
             .map_err(StoreError::backend)?;
         Ok(Self {
@@ -94,10 +96,10 @@ impl RedisInvalidationChannel {
     }
 
     /// How often a subscription pings the server (default 15 s); a ping not
-    /// answered within the same interval ends the subscription as a lost
-    /// connection, so a connection cut without a TCP reset (a vanished
-    /// host, a NAT that forgot it) is noticed. `Duration::ZERO` turns the
-    /// heartbeat off.
+    /// answered within the same interval (but at least 5 s) ends the
+    /// subscription as a lost connection, so a connection cut without a
+    /// TCP reset (a vanished host, a NAT that forgot it) is noticed.
+    /// `Duration::ZERO` turns the heartbeat off.
     #[must_use]
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.heartbeat = (!interval.is_zero()).then_some(interval);
@@ -117,10 +119,7 @@ impl RedisInvalidationChannel {
     async fn publisher(&self) -> Result<ConnectionManager, StoreError> {
         self.publisher
             .get_or_try_init(|| async {
-                ConnectionManager::new_lazy_with_config(
-                    self.client.clone(),
-                    ConnectionManagerConfig::new(),
-                )
+                ConnectionManager::new_lazy_with_config(self.client.clone(), publisher_config())
             })
             .await
             .cloned()
@@ -139,6 +138,15 @@ impl RedisInvalidationChannel {
             .map_err(StoreError::backend)?;
         Ok((sink, messages))
     }
+}
+
+/// The publishing connection gives up on a down server quickly (a message
+/// is not worth waiting for: receivers fall back on their cache TTL) and
+/// tries again at the next message.
+fn publisher_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
 }
 
 #[async_trait]
@@ -179,7 +187,7 @@ fn received(
     let ticks = heartbeat.map(|interval| {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        (ticks, interval)
+        (ticks, interval.max(MIN_PING_TIMEOUT))
     });
     futures_util::stream::unfold(
         (sink, messages, ticks),
@@ -212,7 +220,7 @@ fn received(
                         Event::Heartbeat => {
                             let timeout = ticks
                                 .as_ref()
-                                .map_or(DEFAULT_HEARTBEAT, |(_, every)| *every);
+                                .map_or(DEFAULT_HEARTBEAT, |(_, patience)| *patience);
                             let pong =
                                 tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
                             if !matches!(pong, Ok(Ok(_))) {
