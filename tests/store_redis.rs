@@ -835,3 +835,56 @@ async fn no_token_in_clear_in_any_key_or_value() {
         .any(|(key, _)| *key == redis.session_key(&tokens[0].id()).into_bytes()));
     redis.finish().await;
 }
+
+#[tokio::test]
+async fn a_lost_connection_is_a_backend_error_and_the_manager_recovers() {
+    let redis = redis_or_skip!();
+    let start = now();
+    let session = record(Some("acme"), None, start, start + HOUR);
+    redis.store().create(&session).await.expect("create");
+
+    // Any async connection works; a multiplexed one does not reconnect.
+    let client = redis.client_as("plain").await;
+    let plain = RedisSessionStore::new(
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect"),
+    )
+    .key_prefix(&redis.prefix);
+    assert_eq!(
+        plain.load(&session.id).await.expect("load"),
+        Some(session.clone())
+    );
+    // The connection manager reconnects after the failure it meets.
+    let managed = RedisSessionStore::from_client(redis.client_as("managed").await)
+        .await
+        .expect("connect")
+        .key_prefix(&redis.prefix);
+    assert_eq!(
+        managed.load(&session.id).await.expect("load"),
+        Some(session.clone())
+    );
+
+    assert_eq!(redis.kill_connections_of("plain", "normal").await, 1);
+    assert_eq!(redis.kill_connections_of("managed", "normal").await, 1);
+    let error = plain.load(&session.id).await.expect_err("connection lost");
+    assert_eq!(error.kind(), StoreErrorKind::Backend);
+    assert!(std::error::Error::source(&error).is_some());
+    let started = tokio::time::Instant::now();
+    loop {
+        match managed.load(&session.id).await {
+            Ok(loaded) => {
+                assert_eq!(loaded, Some(session.clone()));
+                break;
+            }
+            Err(error) => assert_eq!(error.kind(), StoreErrorKind::Backend),
+        }
+        assert!(
+            started.elapsed() < 2 * SECOND,
+            "the manager did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.finish().await;
+}

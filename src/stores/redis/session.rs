@@ -132,8 +132,13 @@ impl RedisSessionStore<ConnectionManager> {
     /// reached now.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::backend)?;
-        let connection = client
-            .get_connection_manager()
+        Self::from_client(client).await
+    }
+
+    /// A store on a [`ConnectionManager`] made from `client` (connecting
+    /// now). Fails when the server cannot be reached.
+    pub async fn from_client(client: redis::Client) -> Result<Self, StoreError> {
+        let connection = ConnectionManager::new(client)
             .await
             .map_err(StoreError::backend)?;
         Ok(Self::new(connection))
@@ -372,7 +377,7 @@ where
             )
         });
         let mut connection = self.connection.clone();
-        let mut found = Vec::with_capacity(wanted);
+        let mut found = Vec::with_capacity(wanted.min(LIST_BUDGET));
         loop {
             let (after_score, after_id) = after.clone().unwrap_or_default();
             let reply: Value = SCRIPTS
