@@ -199,3 +199,110 @@ fn text(value: Vec<u8>, field: &'static str) -> Result<String, Problem> {
 pub(super) fn expires_at(value: &[u8]) -> Result<SystemTime, Problem> {
     time(value, EXPIRES_AT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn id() -> SessionId {
+        SessionId::from_bytes([7; 32])
+    }
+
+    fn hash(fields: &[(&str, &str)]) -> Value {
+        Value::Array(
+            fields
+                .iter()
+                .flat_map(|(name, value)| [bulk(name), bulk(value)])
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn encoded_fields_decode_to_the_same_record() {
+        let record = SessionRecord {
+            id: id(),
+            organization_id: Some("acme".into()),
+            subject: None,
+            created_at: UNIX_EPOCH + Duration::from_millis(1_800_000_000_123),
+            expires_at: UNIX_EPOCH + Duration::from_millis(1_800_086_400_123),
+            payload: serde_json::json!({ "name": "Ada", "tags": [] }),
+        };
+        let fields = encode(&record).expect("encode");
+        let reply = Value::Map(
+            fields
+                .into_iter()
+                .map(|(name, value)| (bulk(name), Value::BulkString(value)))
+                .collect(),
+        );
+        assert_eq!(decode(id(), reply).expect("decode"), record);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_missing_ones_reported() {
+        let record = decode(
+            id(),
+            hash(&[
+                ("created_at", "1"),
+                ("expires_at", "2"),
+                ("payload", "null"),
+                ("added_later", "x"),
+            ]),
+        )
+        .expect("decode");
+        assert_eq!(record.expires_at, UNIX_EPOCH + Duration::from_millis(2));
+        for missing in ["created_at", "expires_at", "payload"] {
+            let fields: Vec<_> = [
+                ("created_at", "1"),
+                ("expires_at", "2"),
+                ("payload", "null"),
+            ]
+            .into_iter()
+            .filter(|(name, _)| *name != missing)
+            .collect();
+            assert!(matches!(
+                decode(id(), hash(&fields)),
+                Err(Problem::Missing(field)) if field == missing
+            ));
+        }
+    }
+
+    #[test]
+    fn times_are_whole_non_negative_milliseconds() {
+        for bad in [
+            "",
+            "-5",
+            "1.5",
+            "1e3",
+            "0x10",
+            " 12",
+            "99999999999999999999999",
+        ] {
+            assert!(time(bad.as_bytes(), EXPIRES_AT).is_err(), "{bad:?}");
+        }
+        assert_eq!(time(b"0", EXPIRES_AT).ok(), Some(UNIX_EPOCH));
+    }
+
+    #[test]
+    fn replies_of_another_shape_are_errors() {
+        assert!(matches!(decode(id(), Value::Int(3)), Err(Problem::Shape)));
+        assert!(matches!(
+            decode(id(), Value::Array(vec![bulk("created_at")])),
+            Err(Problem::Shape)
+        ));
+        assert!(matches!(
+            decode(
+                id(),
+                hash(&[("created_at", "1"), ("expires_at", "2"), ("payload", "{")])
+            ),
+            Err(Problem::Payload(_))
+        ));
+        assert!(matches!(super::id(bulk("ABCD")), Err(Problem::NotAnId(_))));
+        let upper = "AB".repeat(32);
+        assert!(matches!(super::id(bulk(&upper)), Err(Problem::NotAnId(_))));
+        assert_eq!(super::id(bulk(&"07".repeat(32))).ok(), Some(id()));
+    }
+}
