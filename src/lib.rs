@@ -58,18 +58,18 @@
 
 pub mod billing;
 mod body;
+mod cache;
 mod clock;
 mod error;
 mod future;
-mod generations;
-mod hot;
 pub mod invalidation;
 pub mod rejection;
 mod request;
 pub mod session;
-mod single_flight;
 pub mod stores;
 pub mod subscription;
+#[cfg(feature = "test-kit")]
+pub mod test_kit;
 
 #[cfg(feature = "axum")]
 mod axum;

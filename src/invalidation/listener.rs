@@ -56,38 +56,61 @@ pub(crate) struct ChannelLink {
     _stop: oneshot::Sender<()>,
 }
 
+/// A listener ready to start once its cache exists.
+pub(crate) struct PendingListener {
+    runtime: tokio::runtime::Handle,
+    channel: Arc<dyn InvalidationChannel>,
+    instance: u64,
+    counters: Arc<Counters>,
+    stopped: oneshot::Receiver<()>,
+}
+
+impl PendingListener {
+    /// Starts listening for `target` (whose link this is).
+    pub(crate) fn start(self, target: Weak<dyn InvalidationTarget>) {
+        self.runtime.spawn(listen(
+            self.channel,
+            self.instance,
+            target,
+            self.counters,
+            self.stopped,
+        ));
+    }
+}
+
 impl ChannelLink {
-    /// Starts listening on `channel` for `target`. Needs a Tokio runtime.
-    pub(crate) fn start(
+    /// A link to `channel`, and its listener to start once the cache it
+    /// invalidates is built. Needs a Tokio runtime.
+    pub(crate) fn new(
         channel: Arc<dyn InvalidationChannel>,
         publish_timeout: Duration,
-        target: Weak<dyn InvalidationTarget>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<(Self, PendingListener), ConfigError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let mut instance = [0u8; 8];
         // Any distinct value works; randomness only avoids collisions.
         if getrandom::fill(&mut instance).is_err() {
-            instance = (std::process::id() as u64
+            instance = (u64::from(std::process::id())
                 ^ crate::unix_millis(std::time::SystemTime::now()))
             .to_le_bytes();
         }
         let instance = u64::from_le_bytes(instance);
         let counters = Arc::new(Counters::default());
         let (stop, stopped) = oneshot::channel();
-        runtime.spawn(listen(
-            Arc::clone(&channel),
+        let pending = PendingListener {
+            runtime,
+            channel: Arc::clone(&channel),
             instance,
-            target,
-            Arc::clone(&counters),
+            counters: Arc::clone(&counters),
             stopped,
-        ));
-        Ok(Self {
+        };
+        let link = Self {
             channel,
             instance,
             publish_timeout,
             counters,
             _stop: stop,
-        })
+        };
+        Ok((link, pending))
     }
 
     /// Publishes `invalidation` in the background; never waits.

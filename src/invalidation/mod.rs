@@ -99,7 +99,9 @@ pub trait InvalidationChannel: Send + Sync + 'static {
     /// still bounds staleness).
     async fn publish(&self, message: &str) -> Result<(), StoreError>;
 
-    /// Opens a subscription: the stream yields each message received and
+    /// Opens a subscription and returns once it is open (a message
+    /// published after this returns is delivered): the stream yields each
+    /// message received and
     /// **ends when the connection is lost** (messages may have been missed
     /// from then on). The crate then subscribes again, with backoff, and
     /// drops its cached entries once the new subscription is open.
@@ -108,6 +110,17 @@ pub trait InvalidationChannel: Send + Sync + 'static {
 
 #[async_trait]
 impl<T: InvalidationChannel + ?Sized> InvalidationChannel for std::sync::Arc<T> {
+    async fn publish(&self, message: &str) -> Result<(), StoreError> {
+        (**self).publish(message).await
+    }
+
+    async fn subscribe(&self) -> Result<InvalidationStream, StoreError> {
+        (**self).subscribe().await
+    }
+}
+
+#[async_trait]
+impl<T: InvalidationChannel + ?Sized> InvalidationChannel for Box<T> {
     async fn publish(&self, message: &str) -> Result<(), StoreError> {
         (**self).publish(message).await
     }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
@@ -18,15 +18,15 @@ use serde_json::Value;
 
 use super::store::{PageRequest, SessionOwner, SessionPage, SessionRecord, SessionStore};
 use super::token::{SessionId, SessionToken};
+use crate::cache::generations::{Confirmed, Generations};
+use crate::cache::hot::{HotFront, HotTable};
+use crate::cache::single_flight::SingleFlight;
 use crate::clock::{rfc3339_millis, truncate_to_millis, Clock};
 use crate::error::{ConfigError, StoreError, STORE_RETRY_INTERVAL};
-use crate::generations::{Confirmed, Generations};
-use crate::hot::{HotFront, HotTable};
 use crate::invalidation::{
     ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
 };
 use crate::rejection::{ErrorCode, Rejection};
-use crate::single_flight::SingleFlight;
 
 /// The settings every clone of one layer shares.
 #[derive(Debug, Clone)]
@@ -328,32 +328,31 @@ impl SessionCore {
                 .time_to_live(ttl)
                 .build_with_hasher(foldhash::fast::RandomState::default())
         });
-        let mut failed = None;
-        let core = Arc::new_cyclic(|weak: &Weak<Self>| {
-            let link = channel.and_then(|channel| {
-                let target: Weak<dyn InvalidationTarget> = weak.clone();
-                ChannelLink::start(channel, config.store_timeout, target)
-                    .map_err(|error| failed = Some(error))
-                    .ok()
-            });
-            Self {
-                store,
-                cache,
-                loads: SingleFlight::new(),
-                renewals: SingleFlight::new(),
-                ids: IdIndex::new(config.cache_capacity),
-                negative,
-                channel: link,
-                config,
-                clock,
-                revocations: Generations::new(),
-                hot: HotFront::new(&HOT_SESSIONS),
+        let (link, listener) = match channel {
+            Some(channel) => {
+                let (link, listener) = ChannelLink::new(channel, config.store_timeout)?;
+                (Some(link), Some(listener))
             }
+            None => (None, None),
+        };
+        let core = Arc::new(Self {
+            store,
+            cache,
+            loads: SingleFlight::new(),
+            renewals: SingleFlight::new(),
+            ids: IdIndex::new(config.cache_capacity),
+            negative,
+            channel: link,
+            config,
+            clock,
+            revocations: Generations::new(),
+            hot: HotFront::new(&HOT_SESSIONS),
         });
-        match failed {
-            Some(error) => Err(error),
-            None => Ok(core),
+        if let Some(listener) = listener {
+            let target: Arc<dyn InvalidationTarget> = Arc::clone(&core) as _;
+            listener.start(Arc::downgrade(&target));
         }
+        Ok(core)
     }
 
     /// The hot path's lookup: a copy that answers `token` at `now` as is
@@ -450,7 +449,6 @@ impl SessionCore {
     /// their cache entries, hot copies and flights; remembers them as
     /// unknown.
     fn forget_ids(&self, ids: &[SessionId]) {
-        let now = self.clock.now();
         let mut unknown = false;
         for id in ids {
             let token = self.ids.shard(id).remove(id);
@@ -458,14 +456,22 @@ impl SessionCore {
                 Some(token) => self.forget_token(&token),
                 None => unknown = true,
             }
-            if let Some(negative) = &self.negative {
-                negative.insert(*id, now);
-            }
         }
+        self.remember_unknown(ids);
         if unknown {
             // Not cached, but a load of it may be under way, or a thread's
             // hot table may hold a copy moka has already evicted.
             self.revocations.bump_all();
+        }
+    }
+
+    /// The store no longer has `ids`: the negative cache answers for them.
+    fn remember_unknown(&self, ids: &[SessionId]) {
+        if let Some(negative) = &self.negative {
+            let now = self.clock.now();
+            for id in ids {
+                negative.insert(*id, now);
+            }
         }
     }
 
@@ -730,10 +736,14 @@ impl SessionHandle {
     /// whether it existed.
     pub async fn revoke(&self, token: &SessionToken) -> Result<bool, StoreError> {
         let core = &self.core;
-        let existed = core.with_timeout(core.store.delete(&token.id())).await;
+        let id = token.id();
+        let existed = core.with_timeout(core.store.delete(&id)).await;
+        // The token is known: only its stripe moves (`forget_ids` would
+        // move every stripe for an id that is not cached).
+        core.ids.shard(&id).remove(&id);
         core.forget_token(token);
-        core.forget_ids(&[token.id()]);
-        core.publish(Invalidation::Sessions(vec![token.id()]));
+        core.remember_unknown(&[id]);
+        core.publish(Invalidation::Sessions(vec![id]));
         existed
     }
 

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
@@ -13,14 +13,14 @@ use futures_util::FutureExt;
 use super::model::{Subscription, SubscriptionStatus};
 use super::policy::{Entitlement, EntitlementPolicy, EntitlementReason, OrganizationSubscriptions};
 use super::store::SubscriptionStore;
+use crate::cache::generations::Generations;
+use crate::cache::hot::{HotFront, HotTable};
+use crate::cache::single_flight::SingleFlight;
 use crate::clock::{Clock, CoarseClock};
 use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVAL};
-use crate::generations::Generations;
-use crate::hot::{HotFront, HotTable};
 use crate::invalidation::{
     ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
 };
-use crate::single_flight::SingleFlight;
 
 /// What the subscription layers do when the store fails or times out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,32 +459,29 @@ impl EntitlementsBuilder {
             .time_to_live(config.positive_ttl.max(config.negative_ttl) + stale_window)
             // Organization ids come from clients: a seeded hasher.
             .build_with_hasher(foldhash::fast::RandomState::default());
-        let mut failed = None;
-        let channel = self.channel;
-        let store_timeout = self.config.store_timeout;
-        let core = Arc::new_cyclic(|weak: &Weak<EntitlementsCore>| {
-            let link = channel.and_then(|channel| {
-                let target: Weak<dyn InvalidationTarget> = weak.clone();
-                ChannelLink::start(channel, store_timeout, target)
-                    .map_err(|error| failed = Some(error))
-                    .ok()
-            });
-            EntitlementsCore {
-                store: self.store,
-                cache,
-                loads: SingleFlight::new(),
-                config: self.config,
-                clock: self.clock,
-                invalidations: Generations::new(),
-                stripe_hasher: foldhash::fast::RandomState::default(),
-                hot: HotFront::new(&HOT_ORGANIZATIONS),
-                channel: link,
+        let (link, listener) = match self.channel {
+            Some(channel) => {
+                let (link, listener) = ChannelLink::new(channel, self.config.store_timeout)?;
+                (Some(link), Some(listener))
             }
+            None => (None, None),
+        };
+        let core = Arc::new(EntitlementsCore {
+            store: self.store,
+            cache,
+            loads: SingleFlight::new(),
+            config: self.config,
+            clock: self.clock,
+            invalidations: Generations::new(),
+            stripe_hasher: foldhash::fast::RandomState::default(),
+            hot: HotFront::new(&HOT_ORGANIZATIONS),
+            channel: link,
         });
-        match failed {
-            Some(error) => Err(error),
-            None => Ok(Entitlements { core }),
+        if let Some(listener) = listener {
+            let target: Arc<dyn InvalidationTarget> = Arc::clone(&core) as _;
+            listener.start(Arc::downgrade(&target));
         }
+        Ok(Entitlements { core })
     }
 }
 

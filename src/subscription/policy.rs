@@ -22,7 +22,7 @@ pub(crate) struct OrganizationSubscriptions {
     pub(crate) confirmed: std::sync::atomic::AtomicBool,
 }
 
-impl crate::generations::Confirmed for OrganizationSubscriptions {
+impl crate::cache::generations::Confirmed for OrganizationSubscriptions {
     fn confirmed(&self) -> &std::sync::atomic::AtomicBool {
         &self.confirmed
     }

@@ -29,10 +29,10 @@
 //! through more keys than the table holds, a miss costs a probe and one
 //! write, not the replacement (and drop) of an entry.
 //!
-//! [`Generations`]: crate::generations::Generations
-//! [`Generations::remove`]: crate::generations::Generations::remove
-//! [`Generations::hot_current`]: crate::generations::Generations::hot_current
-//! [`Generations::replaced`]: crate::generations::Generations::replaced
+//! [`Generations`]: crate::cache::generations::Generations
+//! [`Generations::remove`]: crate::cache::generations::Generations::remove
+//! [`Generations::hot_current`]: crate::cache::generations::Generations::hot_current
+//! [`Generations::replaced`]: crate::cache::generations::Generations::replaced
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::LocalKey;
 
-use crate::generations::Generations;
+use crate::cache::generations::Generations;
 
 /// Slots per thread and kind of entry (a power of two).
 const SLOTS: usize = 64;
