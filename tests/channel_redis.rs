@@ -382,3 +382,24 @@ async fn revocations_propagate_after_the_listener_connection_is_killed() {
     assert_eq!(instances.second_answers(&busy).await, StatusCode::OK);
     instances.redis.finish().await;
 }
+
+/// The conformance kit's channel behaviours: every connection `make` opens
+/// is this test's Redis user `kit`, so `kill` cuts exactly their pub/sub
+/// connections.
+#[cfg(feature = "test-kit")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_kit_passes() {
+    let redis = redis_or_skip!();
+    let fixture = &redis;
+    tower_saas_guard::test_kit::invalidation_channel_suite(
+        move || async move { fixture.channel_as("kit").await },
+        move || async move {
+            assert!(
+                fixture.kill_pubsub_of("kit").await >= 1,
+                "a listener to kill"
+            );
+        },
+    )
+    .await;
+    redis.finish().await;
+}

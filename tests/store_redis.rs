@@ -888,3 +888,55 @@ async fn a_lost_connection_is_a_backend_error_and_the_manager_recovers() {
     }
     redis.finish().await;
 }
+
+/// The conformance kit's session behaviours, and its malformed-record check
+/// with two kinds of damage only Redis can do.
+#[cfg(feature = "test-kit")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_kit_passes() {
+    use tower_saas_guard::test_kit;
+
+    let fixture = redis_or_skip!();
+    let redis = &fixture;
+    // The kit's records sit at fixed times in early 2027; a century of
+    // retention keeps Redis from expiring them by the wall clock, whatever
+    // the date the test runs (expiry itself is covered above).
+    let kit_store = || {
+        redis
+            .store()
+            .expired_retention(Duration::from_secs(100 * 365 * 24 * 3600))
+    };
+    test_kit::session_store_suite(|| async { kit_store() }).await;
+
+    test_kit::malformed_session_is_an_error(kit_store(), |session| async move {
+        redis
+            .query::<i64>(
+                redis::cmd("HSET")
+                    .arg(redis.session_key(&session.id))
+                    .arg("payload")
+                    .arg("{not json"),
+            )
+            .await;
+    })
+    .await;
+    test_kit::malformed_session_is_an_error(kit_store(), |session| async move {
+        redis
+            .query::<i64>(
+                redis::cmd("HSET")
+                    .arg(redis.session_key(&session.id))
+                    .arg("created_at")
+                    .arg("-5"),
+            )
+            .await;
+    })
+    .await;
+    test_kit::malformed_session_is_an_error(kit_store(), |session| async move {
+        let key = redis.session_key(&session.id);
+        redis.query::<i64>(redis::cmd("DEL").arg(&key)).await;
+        redis
+            .query::<()>(redis::cmd("SET").arg(&key).arg("raw junk"))
+            .await;
+    })
+    .await;
+    fixture.finish().await;
+}
