@@ -38,6 +38,16 @@ pub async fn redis_fixture(test: &str) -> Option<RedisFixture> {
     let url = redis_url();
     let connected = async {
         let client = redis::Client::open(url.as_str())?;
+        // A plain connection first: it fails at once where nothing listens
+        // (the manager would retry for seconds).
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        })??;
         let connection =
             tokio::time::timeout(Duration::from_secs(3), client.get_connection_manager())
                 .await

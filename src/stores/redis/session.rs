@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
 use super::keys::Keys;
@@ -128,8 +128,8 @@ impl<C> fmt::Debug for RedisSessionStore<C> {
 impl RedisSessionStore<ConnectionManager> {
     /// Connects to the Redis at `url` (`redis://host:port/db`) with a
     /// [`ConnectionManager`], which reconnects by itself after a lost
-    /// connection. Fails when the URL is invalid or the server cannot be
-    /// reached now.
+    /// connection (see [`from_client`](Self::from_client)). Fails when the
+    /// URL is invalid or the server cannot be reached now.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::backend)?;
         Self::from_client(client).await
@@ -137,8 +137,16 @@ impl RedisSessionStore<ConnectionManager> {
 
     /// A store on a [`ConnectionManager`] made from `client` (connecting
     /// now). Fails when the server cannot be reached.
+    ///
+    /// The manager tries a connection three times (100 ms, then up to 1 s
+    /// apart) before it reports a failure, at start-up and after a lost
+    /// connection; the next command tries again. Build your own manager and
+    /// pass it to [`new`](RedisSessionStore::new) for other settings.
     pub async fn from_client(client: redis::Client) -> Result<Self, StoreError> {
-        let connection = ConnectionManager::new(client)
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(StoreError::backend)?;
         Ok(Self::new(connection))
