@@ -49,6 +49,7 @@
 //! | `axum` | [`Session`](session::Session), [`Entitlement`](subscription::Entitlement) and their `Option`s as axum extractors |
 //! | `sqlite` | `stores::sqlite`: SQLite session and subscription stores (sqlx) |
 //! | `postgres` | `stores::postgres`: PostgreSQL session and subscription stores and the `LISTEN/NOTIFY` invalidation channel (sqlx) |
+//! | `redis` | `stores::redis`: `RedisSessionStore` and `RedisInvalidationChannel` (pub/sub), on the `redis` crate |
 //!
 //! Without features the crate depends on tower, http, moka, serde and
 //! serde_json, futures-util, pin-project-lite, async-trait, Tokio's timer,

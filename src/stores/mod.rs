@@ -5,6 +5,11 @@
 //! |---|---|---|---|
 //! | `sqlite` | `sqlite` | `SqliteSessionStore`, `SqliteSubscriptionStore` | one machine, persistent: sessions survive a restart |
 //! | `postgres` | `postgres` | `PostgresSessionStore`, `PostgresSubscriptionStore`, `PostgresInvalidationChannel` (`LISTEN/NOTIFY`) | several instances on one database |
+//! | `redis` | `redis` | `RedisSessionStore`, `RedisInvalidationChannel` (pub/sub) | sessions of several instances, expired by Redis itself |
+//!
+//! Everything about one database (its stores, its channel, its SQL or Lua
+//! scripts) sits in its module here, so "how does Redis work here?" is
+//! answered by one folder.
 //!
 //! The in-memory stores stay beside their traits
 //! ([`MemorySessionStore`](crate::session::MemorySessionStore),
@@ -56,6 +61,8 @@ mod sql;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

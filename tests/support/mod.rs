@@ -277,3 +277,6 @@ pub async fn burst(
         task.await.expect("every request answered as expected");
     }
 }
+
+#[cfg(feature = "redis")]
+pub mod redis_service;
