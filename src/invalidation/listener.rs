@@ -15,11 +15,13 @@ use crate::error::{ConfigError, StoreError};
 /// The first wait after a failed subscription; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A connection open this long before it was lost resets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// A cache that a channel's messages invalidate.
 pub(crate) trait InvalidationTarget: Send + Sync + 'static {
-    /// Drops what the message names.
-    fn invalidate(&self, invalidation: &Invalidation);
+    /// Drops what the message names; whether it concerned this cache.
+    fn invalidate(&self, invalidation: &Invalidation) -> bool;
 
     /// Messages may have been lost: drop everything cached before now.
     fn resync(&self);
@@ -33,7 +35,8 @@ pub struct ChannelStatus {
     pub connected: bool,
     /// How many subscriptions were opened (1 + the reconnections).
     pub connections: u64,
-    /// How many messages from other instances were applied.
+    /// How many messages from other instances concerned this cache and
+    /// were applied.
     pub received: u64,
 }
 
@@ -160,7 +163,7 @@ async fn listen(
         };
         match subscribed {
             Ok(mut messages) => {
-                backoff = FIRST_BACKOFF;
+                let opened = std::time::Instant::now();
                 counters.connections.fetch_add(1, Ordering::AcqRel);
                 counters.connected.store(true, Ordering::Release);
                 match target.upgrade() {
@@ -181,8 +184,9 @@ async fn listen(
                     match Invalidation::decode(&message) {
                         Some((from, _)) if from == instance => {}
                         Some((_, invalidation)) => {
-                            target.invalidate(&invalidation);
-                            counters.received.fetch_add(1, Ordering::AcqRel);
+                            if target.invalidate(&invalidation) {
+                                counters.received.fetch_add(1, Ordering::AcqRel);
+                            }
                         }
                         None => {
                             tracing::debug!("ignored an invalidation message of another format")
@@ -190,7 +194,21 @@ async fn listen(
                     }
                 }
                 counters.connected.store(false, Ordering::Release);
-                tracing::warn!("invalidation channel lost; reconnecting");
+                // A connection that lived a while starts the backoff over;
+                // one that keeps dropping at once is retried ever later
+                // (never in a loop that would wipe the cache each time).
+                if opened.elapsed() >= STABLE_CONNECTION {
+                    backoff = FIRST_BACKOFF;
+                }
+                tracing::warn!(
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "invalidation channel lost; reconnecting"
+                );
+                let sleep = tokio::time::sleep(backoff);
+                if let Either::Right(_) = select(Box::pin(sleep), &mut stopped).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(error) => {
                 log_failure(&error, backoff);

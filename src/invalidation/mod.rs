@@ -84,8 +84,8 @@ pub type InvalidationStream = BoxStream<'static, String>;
 
 /// A transport that carries invalidations between instances.
 ///
-/// Messages are ASCII texts of at most [`MAX_MESSAGE_BYTES`] that the
-/// crate writes and reads; a channel only moves them. Every instance
+/// Messages are UTF-8 texts (JSON) of at most [`MAX_MESSAGE_BYTES`] bytes
+/// that the crate writes and reads; a channel only moves them. Every instance
 /// subscribed receives every message published, its own included (the
 /// crate skips its own).
 ///

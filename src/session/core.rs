@@ -446,23 +446,64 @@ impl SessionCore {
     }
 
     /// Forgets the sessions `ids` (revoked here or by another instance):
-    /// their cache entries, hot copies and flights; remembers them as
-    /// unknown.
-    fn forget_ids(&self, ids: &[SessionId]) {
-        let mut unknown = false;
+    /// their cache entries, hot copies and flights. With `gone` (the store
+    /// confirmed the deletion), the negative cache answers for them.
+    fn forget_ids(&self, ids: &[SessionId], gone: bool) {
+        let mut missed = false;
         for id in ids {
-            let token = self.ids.shard(id).remove(id);
-            match token {
-                Some(token) => self.forget_token(&token),
-                None => unknown = true,
+            let mut shard = self.ids.shard(id);
+            match shard.remove(id) {
+                Some(token) => {
+                    drop(shard);
+                    self.forget_token(&token);
+                }
+                None if !missed => {
+                    // Not cached here, but a load of it may be under way
+                    // (its token is unknown), or a thread's hot table may
+                    // hold a copy moka has already evicted. Bumped while the
+                    // shard is locked: a cache insert of this id (or of any
+                    // id looked up later in this call) either came before
+                    // the lookup, and is found in the index, or checks its
+                    // generation after the bump and is not confirmed. New
+                    // requests must not join a flight that read the store
+                    // before the deletion.
+                    self.revocations.bump_all();
+                    drop(shard);
+                    self.loads.forget_all();
+                    self.renewals.forget_all();
+                    missed = true;
+                }
+                None => {}
             }
         }
-        self.remember_unknown(ids);
-        if unknown {
-            // Not cached, but a load of it may be under way, or a thread's
-            // hot table may hold a copy moka has already evicted.
-            self.revocations.bump_all();
+        if gone {
+            self.remember_unknown(ids);
         }
+    }
+
+    /// Forgets every cached session of `owner` by walking the cache: only
+    /// when the store deleted an unknown set of them (a bulk revocation
+    /// that failed or timed out part-way).
+    fn forget_owner(&self, owner: SessionOwner<'_>) {
+        self.revocations.bump_all();
+        self.loads.forget_all();
+        self.renewals.forget_all();
+        let owned: Vec<SessionToken> = self
+            .cache
+            .iter()
+            .filter(|(_, data)| match owner {
+                SessionOwner::Organization(organization) => {
+                    data.organization_id.as_deref() == Some(organization)
+                }
+                SessionOwner::Subject(subject) => data.subject.as_deref() == Some(subject),
+            })
+            .map(|(token, _)| *token)
+            .collect();
+        for token in owned {
+            self.ids.shard(&token.id()).remove(&token.id());
+            self.cache.invalidate(&token);
+        }
+        self.revocations.bump_all();
     }
 
     /// The store no longer has `ids`: the negative cache answers for them.
@@ -742,7 +783,11 @@ impl SessionHandle {
         // move every stripe for an id that is not cached).
         core.ids.shard(&id).remove(&id);
         core.forget_token(token);
-        core.remember_unknown(&[id]);
+        if existed.is_ok() {
+            // Only a deletion the store confirmed may make it "unknown":
+            // the negative cache must never hide a session that is stored.
+            core.remember_unknown(&[id]);
+        }
         core.publish(Invalidation::Sessions(vec![id]));
         existed
     }
@@ -753,7 +798,7 @@ impl SessionHandle {
     pub async fn revoke_id(&self, id: &SessionId) -> Result<bool, StoreError> {
         let core = &self.core;
         let existed = core.with_timeout(core.store.delete(id)).await;
-        core.forget_ids(&[*id]);
+        core.forget_ids(&[*id], existed.is_ok());
         core.publish(Invalidation::Sessions(vec![*id]));
         existed
     }
@@ -763,8 +808,18 @@ impl SessionHandle {
     /// instance listening; returns how many the store held.
     pub async fn revoke_all(&self, owner: SessionOwner<'_>) -> Result<u64, StoreError> {
         let core = &self.core;
-        let ids = core.with_timeout(core.store.delete_all(owner)).await?;
-        core.forget_ids(&ids);
+        let ids = match core.with_timeout(core.store.delete_all(owner)).await {
+            Ok(ids) => ids,
+            Err(error) => {
+                // The store may have deleted some or all of them before
+                // failing (or answering too late): drop what this process
+                // holds of the owner's sessions. Other instances see the
+                // deletions within their cache TTL.
+                core.forget_owner(owner);
+                return Err(error);
+            }
+        };
+        core.forget_ids(&ids, true);
         if !ids.is_empty() {
             core.publish(Invalidation::Sessions(ids.clone()));
         }
@@ -859,9 +914,16 @@ impl SessionCore {
 }
 
 impl InvalidationTarget for SessionCore {
-    fn invalidate(&self, invalidation: &Invalidation) {
-        if let Invalidation::Sessions(ids) = invalidation {
-            self.forget_ids(ids);
+    fn invalidate(&self, invalidation: &Invalidation) -> bool {
+        match invalidation {
+            Invalidation::Sessions(ids) => {
+                // Not remembered as unknown: whether the other instance's
+                // deletion succeeded is not known here; the next request
+                // reads the store once and learns it.
+                self.forget_ids(ids, false);
+                true
+            }
+            Invalidation::Subscriptions(_) => false,
         }
     }
 

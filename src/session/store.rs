@@ -123,7 +123,12 @@ impl std::str::FromStr for SessionCursor {
         if millis.is_empty() || !millis.bytes().all(|digit| digit.is_ascii_digit()) {
             return Err(InvalidCursor);
         }
-        let millis: u64 = millis.parse().map_err(|_| InvalidCursor)?;
+        // Stores keep times as signed 64-bit milliseconds.
+        let millis: u64 = millis
+            .parse()
+            .ok()
+            .filter(|millis| i64::try_from(*millis).is_ok())
+            .ok_or(InvalidCursor)?;
         let created_at = SystemTime::UNIX_EPOCH
             .checked_add(std::time::Duration::from_millis(millis))
             .ok_or(InvalidCursor)?;

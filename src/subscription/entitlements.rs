@@ -486,9 +486,13 @@ impl EntitlementsBuilder {
 }
 
 impl InvalidationTarget for EntitlementsCore {
-    fn invalidate(&self, invalidation: &Invalidation) {
-        if let Invalidation::Subscriptions(organization_id) = invalidation {
-            self.forget(organization_id);
+    fn invalidate(&self, invalidation: &Invalidation) -> bool {
+        match invalidation {
+            Invalidation::Subscriptions(organization_id) => {
+                self.forget(organization_id);
+                true
+            }
+            Invalidation::Sessions(_) => false,
         }
     }
 

@@ -356,7 +356,17 @@ where
                     .try_into()
                     .map_err(|_| Problem::Shape)?;
                 for id in record::items(ids)? {
-                    deleted.push(record::id(id)?);
+                    // Already deleted by the script: a junk index member is
+                    // left out (it can never have been cached) rather than
+                    // failing and hiding the valid ids caches must drop.
+                    match record::id(id) {
+                        Ok(id) => deleted.push(id),
+                        Err(problem) => tracing::warn!(
+                            index = %index,
+                            ?problem,
+                            "skipped a malformed session id in a Redis index"
+                        ),
+                    }
                 }
                 record::integer(&left)
             })()
