@@ -209,7 +209,10 @@ fn round_trips(
         .clock(clock.clone())
         .build()
         .expect("valid settings");
-    for (variant, layer) in [("store_miss", reading.validate_only()), ("store_renewal", renewing)] {
+    for (variant, layer) in [
+        ("store_miss", reading.validate_only()),
+        ("store_renewal", renewing),
+    ] {
         let created = runtime
             .block_on(layer.handle().create(Some("org_bench"), ()))
             .expect("create session");
@@ -234,7 +237,9 @@ mod bench_stores {
 
     use tower_saas_guard::session::SessionStore;
 
-    pub fn available(runtime: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<dyn SessionStore>)> {
+    pub fn available(
+        runtime: &tokio::runtime::Runtime,
+    ) -> Vec<(&'static str, Arc<dyn SessionStore>)> {
         let stores: Vec<(&'static str, Arc<dyn SessionStore>)> = Vec::new();
         let _ = runtime;
         stores
