@@ -178,9 +178,11 @@ fn store_round_trips(
     runtime: &tokio::runtime::Runtime,
 ) {
     round_trips(group, runtime, "memory", MemorySessionStore::new());
-    for (name, store) in bench_stores::available(runtime) {
+    let (stores, cleanup) = bench_stores::available(runtime);
+    for (name, store) in stores {
         round_trips(group, runtime, name, store);
     }
+    cleanup.run(runtime);
 }
 
 fn round_trips(
@@ -230,19 +232,140 @@ fn round_trips(
 }
 
 /// The persistent stores this build has features for, each reachable at
-/// `DATABASE_URL` / `REDIS_URL` (loopback defaults); unreachable ones are
-/// left out with a line on stderr.
+/// `DATABASE_URL` / `REDIS_URL` (loopback defaults) in a schema or key
+/// prefix of its own; unreachable ones are left out with a line on stderr.
+/// `cleanup` removes what the run wrote.
 mod bench_stores {
     use std::sync::Arc;
 
     use tower_saas_guard::session::SessionStore;
 
-    pub fn available(
-        runtime: &tokio::runtime::Runtime,
-    ) -> Vec<(&'static str, Arc<dyn SessionStore>)> {
-        let stores: Vec<(&'static str, Arc<dyn SessionStore>)> = Vec::new();
+    pub type Named = (&'static str, Arc<dyn SessionStore>);
+
+    #[derive(Default)]
+    pub struct Cleanup {
+        #[cfg(feature = "postgres")]
+        postgres: Option<sqlx::PgPool>,
+        #[cfg(feature = "redis")]
+        redis: Option<(redis::aio::ConnectionManager, String)>,
+        #[cfg(feature = "sqlite")]
+        _sqlite_dir: Option<tempfile::TempDir>,
+    }
+
+    pub fn available(runtime: &tokio::runtime::Runtime) -> (Vec<Named>, Cleanup) {
+        #[allow(unused_mut)]
+        let mut stores: Vec<Named> = Vec::new();
+        #[allow(unused_mut)]
+        let mut cleanup = Cleanup::default();
+        #[cfg(feature = "sqlite")]
+        {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            let store = runtime
+                .block_on(tower_saas_guard::stores::sqlite::SqliteSessionStore::connect(&url))
+                .expect("a SQLite file in a temporary directory");
+            stores.push(("sqlite", Arc::new(store)));
+            cleanup._sqlite_dir = Some(dir);
+        }
+        #[cfg(feature = "postgres")]
+        {
+            let url = std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+            match runtime.block_on(postgres_in_own_schema(&url)) {
+                Ok(pool) => {
+                    let store =
+                        tower_saas_guard::stores::postgres::PostgresSessionStore::new(pool.clone());
+                    stores.push(("postgres", Arc::new(store)));
+                    cleanup.postgres = Some(pool);
+                }
+                Err(error) => eprintln!("PostgreSQL rows left out ({url}): {error}"),
+            }
+        }
+        #[cfg(feature = "redis")]
+        {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+            let prefix = format!("tsg_bench_{}:", std::process::id());
+            match runtime.block_on(tower_saas_guard::stores::redis::RedisSessionStore::connect(
+                &url,
+            )) {
+                Ok(store) => {
+                    let store = store.key_prefix(&prefix);
+                    cleanup.redis = Some((store.connection().clone(), prefix));
+                    stores.push(("redis", Arc::new(store)));
+                }
+                Err(error) => eprintln!("Redis rows left out ({url}): {error}"),
+            }
+        }
         let _ = runtime;
-        stores
+        (stores, cleanup)
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn postgres_in_own_schema(url: &str) -> Result<sqlx::PgPool, sqlx::Error> {
+        use std::str::FromStr;
+
+        let schema = format!("tsg_bench_{}", std::process::id());
+        let admin = sqlx::PgPool::connect(url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}"
+        )))
+        .execute(&admin)
+        .await?;
+        admin.close().await;
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?
+            .options([("search_path", schema.as_str())]);
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+    }
+
+    impl Cleanup {
+        pub fn run(self, runtime: &tokio::runtime::Runtime) {
+            #[cfg(feature = "postgres")]
+            if let Some(pool) = self.postgres {
+                let schema = format!("tsg_bench_{}", std::process::id());
+                let dropped = runtime.block_on(
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    )))
+                    .execute(&pool),
+                );
+                if let Err(error) = dropped {
+                    eprintln!("could not drop schema {schema}: {error}");
+                }
+            }
+            #[cfg(feature = "redis")]
+            if let Some((mut connection, prefix)) = self.redis {
+                runtime.block_on(async {
+                    let pattern = format!("{{{prefix}}}*");
+                    let mut cursor = 0u64;
+                    loop {
+                        let scanned: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut connection)
+                            .await;
+                        let Ok((next, keys)) = scanned else { break };
+                        if !keys.is_empty() {
+                            let _: Result<(), _> = redis::cmd("DEL")
+                                .arg(&keys)
+                                .query_async(&mut connection)
+                                .await;
+                        }
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                });
+            }
+            let _ = runtime;
+        }
     }
 }
 

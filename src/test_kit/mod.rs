@@ -21,11 +21,13 @@
 //! # }
 //! ```
 //!
-//! Records are written with random ids and fixed times far in the past
-//! (around 2027), relative to which the functions pass their own `now`:
-//! nothing depends on the wall clock, and stores that share a database
-//! across calls (distinct tables or prefixes are still better) see
-//! distinct organizations and subjects in each call.
+//! Records are written with random ids and times relative to the moment
+//! the kit first ran (whole seconds, never in the wall clock's past, for
+//! stores whose keys expire on the wall clock), and the functions pass
+//! their own `now` relative to it: no behaviour depends on the wall clock
+//! moving, and stores that share a database across calls (distinct tables
+//! or prefixes are still better) see distinct organizations and subjects
+//! in each call.
 //!
 //! Besides the suites: [`malformed_session_is_an_error`] and
 //! [`malformed_subscription_is_an_error`] take a hook that writes a
@@ -60,9 +62,18 @@ pub use self::subscriptions::{
     unknown_organizations_have_no_subscriptions, upsert_replaces_by_organization_and_subscription,
 };
 
-/// A fixed instant (early 2027) the kit's times are relative to.
+/// The instant the kit's times are relative to: the wall clock when the
+/// kit first ran in this process, in whole seconds. Never in the past, so
+/// a store that expires keys on the wall clock (Redis) keeps the kit's
+/// records for the test's duration.
 pub(crate) fn base_time() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    static BASE: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        UNIX_EPOCH + Duration::from_secs(seconds)
+    })
 }
 
 /// `base_time() + seconds`.
