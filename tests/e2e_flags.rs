@@ -27,6 +27,7 @@ fn no_flags_give_the_documented_defaults() {
         StoreUrl::Sqlite("sqlite://widget.db".to_owned())
     );
     assert_eq!(config.session_store, None);
+    assert_eq!(config.redis_prefix, "tsg:");
     assert_eq!(config.webhook_secret, None);
 }
 
@@ -42,12 +43,15 @@ fn flags_are_accepted_as_separate_or_inline_values() {
         "--store=memory",
         "--session-store",
         "memory",
+        "--redis-prefix",
+        "widgets:",
     ]);
     assert_eq!(config.addr, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
     assert_eq!(config.session_duration, 10 * SECOND);
     assert_eq!(config.refresh_threshold, 5 * SECOND);
     assert_eq!(config.absolute_lifetime, None);
     assert_eq!(config.session_store, Some(StoreUrl::Memory));
+    assert_eq!(config.redis_prefix, "widgets:");
 
     let with_spaces = parsed_config(&["--absolute-lifetime=2h 30m"]);
     assert_eq!(
@@ -87,7 +91,7 @@ fn help_flag_asks_for_usage_wherever_it_is() {
 
 #[test]
 fn malformed_command_lines_are_errors_naming_the_problem() {
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 15] = [
         (&["--verbose"], "--verbose"),
         (&["--webhook-secret"], "--webhook-secret needs a value"),
         (&["--webhook-secret="], "--webhook-secret must not be empty"),
@@ -104,6 +108,8 @@ fn malformed_command_lines_are_errors_naming_the_problem() {
         (&["serve"], "serve"),
         (&["--store", "mysql://db"], "--store"),
         (&["--store", "redis://cache"], "--session-store"),
+        (&["--redis-prefix="], "--redis-prefix"),
+        (&["--redis-prefix", "my prefix"], "--redis-prefix"),
     ];
     for (args, expected) in cases {
         match parse_args(args.iter().map(|arg| (*arg).to_owned())) {

@@ -21,9 +21,9 @@ async fn two_instances_on_one_postgres_database_share_conversations_files_and_se
     let store = database.url.as_str();
     let args = ["--store", store, "--webhook-secret", SECRET];
     let (one, two) = (serve(&args).await, serve(&args).await);
-    for server in [&one, &two] {
-        server.upgrade("org_1").await;
-    }
+    // Subscriptions are shared too: one webhook, received by one instance.
+    one.upgrade("org_1").await;
+    assert_eq!(two.api.subscription("org_1").await["entitled"], true);
 
     let token = one.api.start_session().await;
     let mut conversations = Vec::new();

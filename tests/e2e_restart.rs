@@ -12,16 +12,9 @@ mod e2e_support;
 
 use e2e_support::*;
 
-/// A webhook body signed now with [`SECRET`] (the binary reads the system
-/// clock).
-async fn post_signed(api: &Api, event: &Value) -> Reply {
-    let body = event.to_string();
-    api.post_webhook(&body, Some(&signature(SECRET, &body, SystemTime::now())))
-        .await
-}
-
 #[tokio::test]
-async fn restart_on_the_same_sqlite_file_keeps_conversations_files_and_settings() {
+async fn restart_on_the_same_sqlite_file_keeps_sessions_conversations_files_settings_and_subscriptions(
+) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = format!("sqlite://{}", dir.path().join("widget.db").display());
     let args = [
@@ -35,8 +28,10 @@ async fn restart_on_the_same_sqlite_file_keeps_conversations_files_and_settings(
 
     let (first, _) = spawn_binary_in(dir.path(), &args).await;
     let api = Api::new(first.addr);
+    assert_eq!(api.subscription("org_1").await["entitled"], false);
     let reply = post_signed(&api, &event("org_1", "sub_1", "active", "pro")).await;
     assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["entitled"], true, "{reply:?}");
     let greeting = api.put_greeting("org_1", "Welcome back!").await;
     assert_eq!(greeting.body["created"], true, "{greeting:?}");
     let token = api.start_session().await;
@@ -49,6 +44,10 @@ async fn restart_on_the_same_sqlite_file_keeps_conversations_files_and_settings(
     );
     let file = api.upload_file("org_1", "faq.md", "# FAQ").await;
     assert_eq!(file.status, 201, "{file:?}");
+    let session_before = api.get("/contact-sessions/current", Some(&token)).await;
+    assert_eq!(session_before.status, 200, "{session_before:?}");
+    let messages_before = api.conversation(&token, &conversation).await;
+    let sessions_before = api.contact_sessions("org_1", "").await;
     let files_before = api.operator_get("/operator/files", "org_1").await.body;
     let conversations_before = api
         .operator_get("/operator/conversations", "org_1")
@@ -62,6 +61,30 @@ async fn restart_on_the_same_sqlite_file_keeps_conversations_files_and_settings(
 
     let (second, _) = spawn_binary_in(dir.path(), &args).await;
     let api = Api::new(second.addr);
+    // The visitor is still logged in, with the same session, and sees its
+    // conversation as it was.
+    let session_after = api.get("/contact-sessions/current", Some(&token)).await;
+    assert_eq!(session_after.status, 200, "{session_after:?}");
+    assert_eq!(session_after.body, session_before.body);
+    assert_eq!(
+        api.conversation(&token, &conversation).await,
+        messages_before
+    );
+    assert_eq!(api.contact_sessions("org_1", "").await, sessions_before);
+    // The subscription too: still entitled, with no webhook since.
+    let subscription = api.subscription("org_1").await;
+    assert_eq!(
+        (
+            &subscription["entitled"],
+            &subscription["plan"],
+            &subscription["status"]
+        ),
+        (&json!(true), &json!("pro"), &json!("active")),
+        "{subscription}"
+    );
+    let reply = api.send_message(&token, &conversation, "still here").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.body["ai_replied"], true, "{reply:?}");
     assert_eq!(
         api.operator_get("/operator/conversations", "org_1")
             .await
@@ -76,6 +99,8 @@ async fn restart_on_the_same_sqlite_file_keeps_conversations_files_and_settings(
     let greeting = api.put_greeting("org_1", "Welcome back!").await;
     assert_eq!(greeting.status, 200, "{greeting:?}");
     assert_eq!(greeting.body["created"], false, "{greeting:?}");
+    let file = api.upload_file("org_1", "notes.md", "# Notes").await;
+    assert_eq!(file.status, 201, "subscribers may upload: {file:?}");
     // New conversations open with the saved greeting.
     let token = api.start_session().await;
     let conversation = api.start_conversation(&token).await;
@@ -117,6 +142,27 @@ async fn unreachable_database_exits_1_with_a_message_before_listening() {
     assert_eq!(status, Some(1), "stderr {stderr:?}");
     assert!(stdout.is_empty(), "{stdout:?}");
     assert!(stderr.contains("--store"), "{stderr:?}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password is not printed: {stderr:?}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_redis_exits_1_with_a_message_before_listening() {
+    let (status, stdout, stderr) = run_binary(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--session-store",
+        // Nothing listens on port 1.
+        "redis://nobody:hunter2@127.0.0.1:1",
+    ])
+    .await;
+    assert_eq!(status, Some(1), "stderr {stderr:?}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    assert!(stderr.contains("--session-store"), "{stderr:?}");
     assert!(
         !stderr.contains("hunter2"),
         "the password is not printed: {stderr:?}"

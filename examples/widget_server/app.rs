@@ -39,8 +39,12 @@ pub(crate) const DEFAULT_GREETING: &str = "Hi! How can we help you today?";
 pub(crate) const ORGANIZATION_HEADER: HeaderName = HeaderName::from_static("x-organization-id");
 
 /// How often the background task purges sessions that expired longer ago
-/// than the expired-retention window (24 h, the library's default).
+/// than [`EXPIRED_RETENTION`].
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// How long an expired session keeps answering `session_expired` before
+/// the purge (or Redis, for sessions kept there) may drop it.
+pub const EXPIRED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -75,6 +79,7 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         let builder = SessionRefreshLayer::builder(store)
             .duration(config.session_duration)
             .refresh_threshold(config.refresh_threshold)
+            .expired_retention(EXPIRED_RETENTION)
             .clock(move || session_clock.now());
         match config.absolute_lifetime {
             Some(lifetime) => builder.absolute_lifetime(lifetime),
@@ -95,7 +100,9 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         None => None,
     };
 
-    let backends = backends::open(config).await.map_err(StartError::Store)?;
+    let backends = backends::open(config, EXPIRED_RETENTION)
+        .await
+        .map_err(StartError::Store)?;
     let mut sessions = session_settings(Arc::clone(&backends.sessions));
     if let Some(channel) = &backends.channel {
         sessions = sessions.invalidation_channel(Arc::clone(channel));

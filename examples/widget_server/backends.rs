@@ -3,14 +3,23 @@
 //! and the invalidation channel that keeps several instances' caches in
 //! step.
 //!
-//! | `--store` | app data and subscriptions | sessions (default) |
-//! |---|---|---|
-//! | `memory` | this process | this process |
-//! | `sqlite://PATH` | the file (created if missing) | the same file |
-//! | `postgres://…` | the database | the same database |
+//! | `--store` | app data and subscriptions | sessions (default) | channel |
+//! |---|---|---|---|
+//! | `memory` | this process | this process | none |
+//! | `sqlite://PATH` | the file (created if missing) | the same file | none |
+//! | `postgres://…` | the database | the same database | `LISTEN/NOTIFY` on it |
 //!
-//! `--session-store` moves sessions elsewhere (`redis://…` too). One
-//! database URL opens one connection pool, shared by everything in it.
+//! `--session-store` moves sessions elsewhere: another SQLite file or
+//! PostgreSQL database, or `redis://…` ([`RedisSessionStore`] under the
+//! `--redis-prefix` key prefix). The invalidation channel follows the
+//! shared stores: Redis pub/sub when sessions are in Redis, otherwise
+//! PostgreSQL `LISTEN/NOTIFY` when either flag names PostgreSQL
+//! (`--store`'s database first); with only memory and SQLite there is no
+//! other instance to tell. One channel serves both layers.
+//!
+//! One database URL opens one connection pool, shared by everything in it.
+//! The library's migrations run here, at start-up, so a database that
+//! cannot take them stops the server before it listens.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +31,13 @@ use sqlx::sqlite::{
 };
 use tower_saas_guard::invalidation::InvalidationChannel;
 use tower_saas_guard::session::{MemorySessionStore, SessionStore};
+use tower_saas_guard::stores::postgres::{
+    PostgresInvalidationChannel, PostgresSessionStore, PostgresSubscriptionStore,
+};
+use tower_saas_guard::stores::redis::{RedisInvalidationChannel, RedisSessionStore};
+use tower_saas_guard::stores::sqlite::{SqliteSessionStore, SqliteSubscriptionStore};
 use tower_saas_guard::subscription::{MemorySubscriptionStore, SubscriptionStore};
+use tower_saas_guard::StoreError;
 
 use super::cli::{Config, StoreUrl};
 use super::storage::memory::MemoryAppStore;
@@ -55,55 +70,126 @@ enum Database {
     Postgres(PgPool),
 }
 
-/// Opens (and creates, for SQLite) every database the flags name, and the
-/// application's tables in `--store`'s. An error names the flag and the
-/// store, without its password.
-pub(crate) async fn open(config: &Config) -> Result<Backends, String> {
+/// The `application_name` of the `LISTEN` connection of the server
+/// running as process `pid`, as `pg_stat_activity` shows it: one per
+/// instance, so an operator (or a test) can tell the instances' listeners
+/// apart on one database.
+pub fn listener_application_name(pid: u32) -> String {
+    format!("widget_server listener {pid}")
+}
+
+/// The Redis pub/sub channel of the instances sharing `--redis-prefix`.
+pub fn redis_channel_name(prefix: &str) -> String {
+    format!("{prefix}invalidation")
+}
+
+/// Opens (and creates, for SQLite) every database the flags name, runs the
+/// library's migrations and the application's DDL, and picks the
+/// invalidation channel. An error names the flag and the store, without
+/// its password.
+///
+/// `expired_retention` is the session layer's: a Redis session store keeps
+/// expired sessions exactly that long.
+pub(crate) async fn open(config: &Config, expired_retention: Duration) -> Result<Backends, String> {
     let mut pools = Pools::default();
     let store = pools.open("--store", &config.store).await?;
-    let app: Arc<dyn AppStore> = match &store {
-        Database::Memory => Arc::new(MemoryAppStore::new()),
-        Database::Sqlite(pool) => Arc::new(
-            SqliteAppStore::new(pool.clone())
-                .await
-                .map_err(|error| failed("--store", &config.store, &error))?,
+    let store_failed = |error: StoreError| failed("--store", &config.store, &error);
+    let (app, subscriptions): (Arc<dyn AppStore>, Arc<dyn SubscriptionStore>) = match &store {
+        Database::Memory => (
+            Arc::new(MemoryAppStore::new()),
+            Arc::new(MemorySubscriptionStore::new()),
         ),
-        Database::Postgres(pool) => Arc::new(
-            PostgresAppStore::new(pool.clone())
+        Database::Sqlite(pool) => {
+            let subscriptions = SqliteSubscriptionStore::new(pool.clone());
+            subscriptions.migrate().await.map_err(store_failed)?;
+            let app = SqliteAppStore::new(pool.clone())
                 .await
-                .map_err(|error| failed("--store", &config.store, &error))?,
-        ),
+                .map_err(store_failed)?;
+            (Arc::new(app), Arc::new(subscriptions))
+        }
+        Database::Postgres(pool) => {
+            let subscriptions = PostgresSubscriptionStore::new(pool.clone());
+            subscriptions.migrate().await.map_err(store_failed)?;
+            let app = PostgresAppStore::new(pool.clone())
+                .await
+                .map_err(store_failed)?;
+            (Arc::new(app), Arc::new(subscriptions))
+        }
     };
 
-    // The library's SQLite, PostgreSQL and Redis stores are not in this
-    // build yet: sessions and subscriptions stay in memory whatever the
-    // flags say, and the app data goes where `--store` says.
-    let session_store = config.session_store();
-    if !matches!(session_store, StoreUrl::Memory | StoreUrl::Redis(_)) {
-        pools.open("--session-store", session_store).await?;
-    }
-    let sessions: Arc<dyn SessionStore> = match session_store {
-        StoreUrl::Memory | StoreUrl::Sqlite(_) | StoreUrl::Postgres(_) | StoreUrl::Redis(_) => {
-            Arc::new(MemorySessionStore::new())
-        }
-    };
-    let subscriptions: Arc<dyn SubscriptionStore> = match &store {
-        Database::Memory | Database::Sqlite(_) | Database::Postgres(_) => {
-            Arc::new(MemorySubscriptionStore::new())
-        }
-    };
-    if !matches!(config.store, StoreUrl::Memory) || !matches!(session_store, StoreUrl::Memory) {
-        eprintln!(
-            "widget_server: sessions and subscriptions are kept in memory in this build \
-             (the library's database stores are not available yet)"
-        );
-    }
+    let session_url = config.session_store();
+    let session_failed = |error: StoreError| failed("--session-store", session_url, &error);
+    let (sessions, channel): (Arc<dyn SessionStore>, Option<Arc<dyn InvalidationChannel>>) =
+        match session_url {
+            // Sessions in Redis: its pub/sub carries both layers'
+            // invalidations, whatever `--store` is.
+            StoreUrl::Redis(url) => {
+                let (sessions, channel) = open_redis(url, &config.redis_prefix, expired_retention)
+                    .await
+                    .map_err(session_failed)?;
+                (Arc::new(sessions), Some(Arc::new(channel)))
+            }
+            _ => {
+                let database = pools.open("--session-store", session_url).await?;
+                let sessions = sql_sessions(&database).await.map_err(session_failed)?;
+                // `LISTEN/NOTIFY` on `--store`'s database, or else on
+                // `--session-store`'s, when either is PostgreSQL.
+                let channel = [&store, &database].into_iter().find_map(postgres_channel);
+                (sessions, channel)
+            }
+        };
     Ok(Backends {
         app,
         sessions,
         subscriptions,
-        channel: None,
+        channel,
     })
+}
+
+/// The session store in `database` (migrated).
+async fn sql_sessions(database: &Database) -> Result<Arc<dyn SessionStore>, StoreError> {
+    Ok(match database {
+        Database::Memory => Arc::new(MemorySessionStore::new()),
+        Database::Sqlite(pool) => {
+            let sessions = SqliteSessionStore::new(pool.clone());
+            sessions.migrate().await?;
+            Arc::new(sessions)
+        }
+        Database::Postgres(pool) => {
+            let sessions = PostgresSessionStore::new(pool.clone());
+            sessions.migrate().await?;
+            Arc::new(sessions)
+        }
+    })
+}
+
+/// The `LISTEN/NOTIFY` channel on `database`, if it is PostgreSQL; its
+/// listening connections carry this instance's name.
+fn postgres_channel(database: &Database) -> Option<Arc<dyn InvalidationChannel>> {
+    let Database::Postgres(pool) = database else {
+        return None;
+    };
+    let channel = PostgresInvalidationChannel::new(pool.clone())
+        .listener_application_name(listener_application_name(std::process::id()));
+    Some(Arc::new(channel))
+}
+
+/// Sessions in the Redis at `url`, under `prefix`, keeping expired ones
+/// `expired_retention` (the layer's); and the pub/sub channel
+/// `<prefix>invalidation` that both layers share.
+async fn open_redis(
+    url: &str,
+    prefix: &str,
+    expired_retention: Duration,
+) -> Result<(RedisSessionStore, RedisInvalidationChannel), StoreError> {
+    let sessions = RedisSessionStore::connect(url)
+        .await?
+        .key_prefix(prefix)
+        .expired_retention(expired_retention);
+    let channel = RedisInvalidationChannel::connect(url)
+        .await?
+        .channel_name(redis_channel_name(prefix));
+    Ok((sessions, channel))
 }
 
 /// The pools opened so far, by URL: `--store` and `--session-store` naming
@@ -162,6 +248,14 @@ async fn open_postgres(url: &str) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
-fn failed(flag: &str, url: &StoreUrl, error: &dyn std::fmt::Display) -> String {
-    format!("{flag}: cannot open `{}`: {error}", url.redacted())
+/// `--flag: cannot open `URL`: error: its source: …`, the URL without
+/// its password.
+fn failed(flag: &str, url: &StoreUrl, error: &dyn std::error::Error) -> String {
+    let mut message = format!("{flag}: cannot open `{}`: {error}", url.redacted());
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
 }

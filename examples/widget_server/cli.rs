@@ -25,6 +25,10 @@ Flags (`--flag value` or `--flag=value`):
                                | postgres://USER@HOST:PORT/DATABASE
   --session-store URL          where sessions live [default: same as --store]
                                memory | sqlite://PATH | postgres://… | redis://…
+  --redis-prefix PREFIX        with --session-store redis://…: the prefix of
+                               the sessions' keys and of the pub/sub channel
+                               (PREFIX + \"invalidation\"); instances sharing
+                               sessions use the same one [default: tsg:]
   --webhook-secret SECRET      the secret billing webhooks are signed with;
                                without it POST /billing/webhook answers 503
                                webhook_not_configured
@@ -34,10 +38,19 @@ Durations use humantime syntax: 500ms, 10s, 4h, 30d.
 
 Expired sessions keep answering `session_expired` for 24h after they
 expire; a background task purges older ones every 10 minutes.
+
+Several instances share sessions and subscriptions through PostgreSQL
+(and Redis for sessions); a logout, a revocation or a billing change on one
+reaches the others' caches within a second over PostgreSQL LISTEN/NOTIFY,
+or Redis pub/sub when sessions are in Redis.
 ";
 
 /// The database `--store` names when none is given.
 pub const DEFAULT_STORE: &str = "sqlite://widget.db";
+
+/// The prefix of Redis keys and of the pub/sub channel when
+/// `--redis-prefix` is not given (the library's default key prefix).
+pub const DEFAULT_REDIS_PREFIX: &str = "tsg:";
 
 /// Where records live, as named by `--store` / `--session-store`.
 #[derive(Clone, PartialEq, Eq)]
@@ -145,6 +158,9 @@ pub struct Config {
     pub store: StoreUrl,
     /// Where sessions live; `None` means the same as `store`.
     pub session_store: Option<StoreUrl>,
+    /// With sessions in Redis: the prefix of their keys and of the pub/sub
+    /// channel's name, the same on every instance sharing them.
+    pub redis_prefix: String,
     /// The secret billing webhooks are signed with; `None` disables
     /// `POST /billing/webhook` (503 `webhook_not_configured`).
     pub webhook_secret: Option<WebhookSecret>,
@@ -184,6 +200,7 @@ impl Default for Config {
             absolute_lifetime: Some(Duration::from_secs(30 * 24 * 3600)),
             store: StoreUrl::Sqlite(DEFAULT_STORE.to_owned()),
             session_store: None,
+            redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             webhook_secret: None,
         }
     }
@@ -240,6 +257,16 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, 
             }
             "--store" => config.store = StoreUrl::parse(&flag, &value()?)?,
             "--session-store" => config.session_store = Some(StoreUrl::parse(&flag, &value()?)?),
+            "--redis-prefix" => {
+                let prefix = value()?;
+                if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(format!(
+                        "--redis-prefix: `{prefix}` must be non-empty, without spaces"
+                    ));
+                }
+                config.redis_prefix = prefix;
+            }
             "--webhook-secret" => {
                 let secret = value()?;
                 if secret.trim().is_empty() {

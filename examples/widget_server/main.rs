@@ -55,19 +55,38 @@
 //! | `postgres://USER@HOST:PORT/DB` | several instances on one database |
 //! | `redis://HOST:PORT` (`--session-store` only) | sessions shared by several instances |
 //!
-//! The app's own tables (`widget_*`) are created at start-up by plain
-//! idempotent DDL in `storage/sqlite.rs` and `storage/postgres.rs`. The
-//! library's SQLite, PostgreSQL and Redis session and subscription stores
-//! are not in this build yet: until they are, sessions and subscriptions
-//! stay in memory whatever the flags say (`backends.rs` holds the switch
-//! and says so on stderr). Expired sessions are purged in the background
-//! every 10 minutes, once they are 24 h past their expiry.
+//! Sessions are the library's `SqliteSessionStore`, `PostgresSessionStore`
+//! or `RedisSessionStore` (keys under `--redis-prefix`, default `tsg:`),
+//! subscriptions its `SqliteSubscriptionStore` or
+//! `PostgresSubscriptionStore`; a SQLite file or PostgreSQL database named
+//! by both flags is one connection pool. The library's migrations run at
+//! start-up; the app's own tables (`widget_*`) are created then too, by
+//! plain idempotent DDL in `storage/sqlite.rs` and `storage/postgres.rs`.
+//! Restarted on the same SQLite file, the server keeps its sessions,
+//! conversations, files, settings and subscriptions.
+//!
+//! # Several instances
+//!
+//! Instances on one PostgreSQL database (sessions there or in one Redis)
+//! share everything, and each keeps its own caches. An invalidation
+//! channel tells the others at once when a session is revoked (logout, the
+//! operator's revocations) or a billing webhook changes a subscription:
+//! Redis pub/sub (channel `<prefix>invalidation`) when sessions are in
+//! Redis, otherwise PostgreSQL `LISTEN/NOTIFY`, whose listening connection
+//! shows in `pg_stat_activity` as `widget_server listener <pid>`. A change
+//! is seen everywhere within a second; while the channel is down (it is
+//! retried with backoff, and caches are dropped when it comes back), a
+//! cached answer is stale for at most the caches' TTL (30 s for a session,
+//! 60 s for an entitlement). `backends.rs` holds the choice.
+//! Expired sessions are purged in the background every 10 minutes, once
+//! they are 24 h past their expiry.
 //!
 //! ```text
 //! cargo run --example widget_server --features axum,sqlite,postgres,redis
 //! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store memory --session-duration 10s --refresh-threshold 5s
 //! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --webhook-secret whsec_demo
 //! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store postgres://postgres@127.0.0.1:5432/widget
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store postgres://postgres@127.0.0.1:5432/widget --session-store redis://127.0.0.1:6379
 //! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --help
 //! ```
 //!
@@ -145,6 +164,7 @@ use std::process::ExitCode;
 use tower_saas_guard::SystemClock;
 
 pub use app::{build_app, StartError};
+pub use backends::listener_application_name;
 use cli::USAGE;
 pub use cli::{parse_args, Config, ParsedArgs, StoreUrl};
 

@@ -766,7 +766,8 @@ pub fn skip_or_fail(service: &str, reason: &dyn std::fmt::Display) {
 pub struct TestDatabase {
     /// Its URL, for `--store` / `--session-store`.
     pub url: String,
-    name: String,
+    /// Its name (`datname` in `pg_stat_activity`).
+    pub name: String,
 }
 
 impl TestDatabase {
@@ -836,5 +837,422 @@ impl Drop for TestDatabase {
         if !matches!(dropped, Ok(Ok(()))) {
             eprintln!("could not drop the test database {}", self.name);
         }
+    }
+}
+
+impl TestDatabase {
+    /// Terminates the backends on this database whose `application_name`
+    /// is `application_name` (through an administrative connection, not
+    /// a restart of the shared server); returns how many.
+    pub async fn terminate_backends_of(&self, application_name: &str) -> i64 {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+            .await
+            .expect("the admin connection opens");
+        // The backends first, then one `pg_terminate_backend` each: in one
+        // statement the server may call it before the filter has run.
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = $2",
+        )
+        .bind(application_name)
+        .bind(&self.name)
+        .fetch_all(&mut admin)
+        .await
+        .expect("pg_stat_activity is readable");
+        let mut terminated = 0;
+        for pid in pids {
+            let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&mut admin)
+                .await
+                .expect("pg_terminate_backend runs");
+            terminated += i64::from(done);
+        }
+        let _ = admin.close().await;
+        terminated
+    }
+
+    /// Lets new connections to this database in, or keeps them out
+    /// (`ALLOW_CONNECTIONS`); open connections stay.
+    pub async fn allow_connections(&self, allowed: bool) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+            .await
+            .expect("the admin connection opens");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allowed}",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("ALTER DATABASE runs");
+        let _ = admin.close().await;
+    }
+
+    /// How many backends on this database named `application_name` have
+    /// run `LISTEN` and wait (a listener ready to receive).
+    pub async fn listening_backends_of(&self, application_name: &str) -> i64 {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+            .await
+            .expect("the admin connection opens");
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = $2 \
+               AND state = 'idle' AND query ILIKE 'LISTEN%'",
+        )
+        .bind(application_name)
+        .bind(&self.name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("pg_stat_activity is readable");
+        let _ = admin.close().await;
+        listening
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A share of the tests' Redis server
+// ---------------------------------------------------------------------------
+
+/// Where the tests' Redis server is (`REDIS_URL`, or the loopback default).
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// One test's share of Redis: a key prefix of its own (`--redis-prefix`)
+/// and a Redis user per server instance, so the test can kill exactly one
+/// instance's pub/sub connection. Its keys and users are removed by
+/// [`finish`](Self::finish), or on drop when the test panicked.
+pub struct TestRedis {
+    /// The prefix, for `--redis-prefix`.
+    pub prefix: String,
+    client: redis::Client,
+    users: Vec<String>,
+    finished: bool,
+}
+
+impl TestRedis {
+    /// Connects; `None` (after [`skip_or_fail`]) when Redis cannot be reached.
+    pub async fn create() -> Option<Self> {
+        let url = redis_url();
+        let client = redis::Client::open(url.as_str()).expect("REDIS_URL is a Redis URL");
+        let connected = tokio::time::timeout(
+            Duration::from_secs(3),
+            client.get_multiplexed_async_connection(),
+        )
+        .await;
+        match connected {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                skip_or_fail("Redis", &error);
+                return None;
+            }
+            Err(_) => {
+                skip_or_fail("Redis", &"no answer within 3 s");
+                return None;
+            }
+        }
+        let token = SessionToken::generate().expect("os randomness").to_string();
+        let prefix = format!("tsg-e2e-{}:", &session_ref(&token)[..16]);
+        Some(Self {
+            prefix,
+            client,
+            users: Vec::new(),
+            finished: false,
+        })
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis answers");
+        command
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("{command:?} failed: {error}"))
+    }
+
+    /// The Redis user of `instance`: `<prefix>-<instance>` without the
+    /// prefix's colon, which a URL's user name cannot hold.
+    fn user(&self, instance: &str) -> String {
+        format!("{}-{instance}", self.prefix.trim_end_matches(':'))
+    }
+
+    /// A Redis URL for `--session-store` that connects as a Redis user of
+    /// its own (made now, deleted at the end).
+    pub async fn url_as(&mut self, instance: &str) -> String {
+        let user = self.user(instance);
+        let password = format!("pw-{}", &self.prefix[8..24]);
+        self.query::<()>(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(&user)
+                .arg("on")
+                .arg(format!(">{password}"))
+                .arg("~*")
+                .arg("&*")
+                .arg("+@all"),
+        )
+        .await;
+        self.users.push(user.clone());
+        let url = redis_url();
+        let (scheme, rest) = url.split_once("://").expect("REDIS_URL has a scheme");
+        // Any credentials in REDIS_URL give way to the instance's own.
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let rest = match rest[..authority_end].rsplit_once('@') {
+            Some((_, host)) => format!("{host}{}", &rest[authority_end..]),
+            None => rest.to_owned(),
+        };
+        format!("{scheme}://{user}:{password}@{rest}")
+    }
+
+    /// Lets instance `instance`'s user authenticate, or not (`ACL SETUSER
+    /// on/off`); connections already open stay.
+    pub async fn allow_logins_of(&self, instance: &str, allowed: bool) {
+        self.query::<()>(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(self.user(instance))
+                .arg(if allowed { "on" } else { "off" }),
+        )
+        .await;
+    }
+
+    /// How many pub/sub connections instance `instance`'s user has open.
+    pub async fn pubsub_connections_of(&self, instance: &str) -> usize {
+        let user = self.user(instance);
+        let list: String = self.query(redis::cmd("CLIENT").arg("LIST")).await;
+        list.lines()
+            .filter(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                fields.contains(&format!("user={user}").as_str())
+                    && fields
+                        .iter()
+                        .any(|field| field.strip_prefix("sub=").is_some_and(|count| count != "0"))
+            })
+            .count()
+    }
+
+    /// Kills instance `instance`'s pub/sub connections (`CLIENT KILL`, not
+    /// a restart of the shared server); returns how many.
+    pub async fn kill_pubsub_of(&self, instance: &str) -> i64 {
+        let user = self.user(instance);
+        self.query(
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("USER")
+                .arg(user)
+                .arg("TYPE")
+                .arg("pubsub"),
+        )
+        .await
+    }
+
+    /// The keys holding the prefix (a `SCAN`, which a test may use).
+    pub async fn keys(&self) -> Vec<String> {
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis answers");
+        let mut keys = Vec::new();
+        let mut cursor = 0_u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("*{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .expect("SCAN");
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                return keys;
+            }
+        }
+    }
+
+    /// Deletes the prefix's keys and the instances' users, and checks
+    /// nothing is left.
+    pub async fn finish(mut self) {
+        for key in self.keys().await {
+            self.query::<i64>(redis::cmd("DEL").arg(key)).await;
+        }
+        for user in std::mem::take(&mut self.users) {
+            self.query::<i64>(redis::cmd("ACL").arg("DELUSER").arg(user))
+                .await;
+        }
+        assert!(
+            self.keys().await.is_empty(),
+            "keys left under {}",
+            self.prefix
+        );
+        self.finished = true;
+    }
+}
+
+impl Drop for TestRedis {
+    /// A test that panicked still removes its keys and users (best effort).
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Ok(mut connection) = self.client.get_connection() else {
+            eprintln!("could not remove the Redis keys under {}", self.prefix);
+            return;
+        };
+        let mut cursor = 0_u64;
+        loop {
+            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("*{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut connection)
+            else {
+                break;
+            };
+            for key in keys {
+                let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query(&mut connection);
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        for user in &self.users {
+            let _: redis::RedisResult<i64> = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(user)
+                .query(&mut connection);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Two server processes sharing their stores
+// ---------------------------------------------------------------------------
+
+/// What two instances share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// Everything in one PostgreSQL database; `LISTEN/NOTIFY` between them.
+    Postgres,
+    /// App data and subscriptions in PostgreSQL, sessions in Redis (under
+    /// a prefix of the test's own); Redis pub/sub between them.
+    PostgresAndRedis,
+}
+
+/// Two running example binaries on one set of stores: `one` and `two`,
+/// each with its own process, port and caches.
+pub struct Instances {
+    pub one: RunningBinary,
+    pub two: RunningBinary,
+    /// Clients for `one` and `two`.
+    pub first: Api,
+    pub second: Api,
+    pub database: TestDatabase,
+    pub redis: Option<TestRedis>,
+}
+
+impl Instances {
+    /// Starts both (one after the other) with `args` besides the stores,
+    /// the address and the webhook secret; `None` (after [`skip_or_fail`])
+    /// when a service cannot be reached.
+    pub async fn start(shared: Shared, args: &[&str]) -> Option<Self> {
+        let database = TestDatabase::create().await?;
+        let mut redis = match shared {
+            Shared::Postgres => None,
+            Shared::PostgresAndRedis => Some(TestRedis::create().await?),
+        };
+        let mut spawned = Vec::new();
+        for instance in ["one", "two"] {
+            let mut all = vec![
+                "--addr".to_owned(),
+                "127.0.0.1:0".to_owned(),
+                "--store".to_owned(),
+                database.url.clone(),
+                "--webhook-secret".to_owned(),
+                SECRET.to_owned(),
+            ];
+            if let Some(redis) = &mut redis {
+                all.extend([
+                    "--session-store".to_owned(),
+                    redis.url_as(instance).await,
+                    "--redis-prefix".to_owned(),
+                    redis.prefix.clone(),
+                ]);
+            }
+            all.extend(args.iter().map(|arg| (*arg).to_owned()));
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            spawned.push(spawn_binary(&all).await.0);
+        }
+        let two = spawned.pop().expect("two instances");
+        let one = spawned.pop().expect("two instances");
+        Some(Self {
+            first: Api::new(one.addr),
+            second: Api::new(two.addr),
+            one,
+            two,
+            database,
+            redis,
+        })
+    }
+
+    /// The `application_name` of `instance`'s `LISTEN` connections.
+    pub fn listener_name(instance: &RunningBinary) -> String {
+        widget_server::listener_application_name(instance.child.id().expect("still running"))
+    }
+
+    /// Stops both, removes the Redis keys and users, drops the database.
+    pub async fn finish(self) {
+        self.one.stop().await;
+        self.two.stop().await;
+        if let Some(redis) = self.redis {
+            redis.finish().await;
+        }
+        drop(self.database);
+    }
+}
+
+/// A billing webhook body signed now with [`SECRET`] (the binaries read
+/// the system clock).
+pub async fn post_signed(api: &Api, event: &Value) -> Reply {
+    let body = event.to_string();
+    api.post_webhook(&body, Some(&signature(SECRET, &body, SystemTime::now())))
+        .await
+}
+
+/// Asks `check` again every 20 ms until it holds; fails when it still does
+/// not `within` after `since`. Returns how long it took from `since`.
+pub async fn eventually<F, Fut>(
+    since: std::time::Instant,
+    within: Duration,
+    what: &str,
+    mut check: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    loop {
+        let held = check().await;
+        let elapsed = since.elapsed();
+        if held {
+            assert!(
+                elapsed <= within,
+                "{what}: only after {elapsed:?}, not within {within:?}"
+            );
+            return elapsed;
+        }
+        assert!(elapsed < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
