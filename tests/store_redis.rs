@@ -760,9 +760,14 @@ async fn malformed_values_are_serialization_errors() {
                 .arg("x"),
         )
         .await;
-    assert_serialization(
-        store.delete_all(SessionOwner::Organization("junk")).await,
-        "an index member that is no id",
+    // The script has deleted by then: the junk member is skipped (it can
+    // never have been cached), not an error that would hide the real ids.
+    assert_eq!(
+        store
+            .delete_all(SessionOwner::Organization("junk"))
+            .await
+            .expect("an index member that is no id is skipped"),
+        Vec::<tower_saas_guard::session::SessionId>::new(),
     );
     // An index key of the wrong type.
     redis
