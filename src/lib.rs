@@ -50,9 +50,11 @@
 //! | `sqlite` | `stores::sqlite`: SQLite session and subscription stores (sqlx) |
 //! | `postgres` | `stores::postgres`: PostgreSQL session and subscription stores and the `LISTEN/NOTIFY` invalidation channel (sqlx) |
 //! | `redis` | `stores::redis`: `RedisSessionStore` and `RedisInvalidationChannel` (pub/sub), on the `redis` crate |
+//! | `test-kit` | `test_kit`: the conformance suites every store and channel of the crate passes, for authors of other stores |
 //!
 //! Without features the crate depends on tower, http, moka, serde and
-//! serde_json, futures-util, pin-project-lite, async-trait, Tokio's timer,
+//! serde_json, futures-util, pin-project-lite, async-trait, Tokio's timer
+//! and sync primitives,
 //! sha2/hmac/getrandom (tokens and webhook signatures), humantime,
 //! coarsetime, foldhash and tracing.
 #![deny(missing_docs, unsafe_code)]
