@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -684,4 +686,101 @@ mod conformance {
         })
         .await;
     }
+}
+
+/// A TCP proxy to PostgreSQL that can go silent: it stops forwarding
+/// without closing either side, as a cut network does (no reset).
+async fn freezable_proxy() -> (u16, Arc<AtomicBool>) {
+    use std::str::FromStr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = sqlx::postgres::PgConnectOptions::from_str(&support::services::database_url())
+        .expect("a valid DATABASE_URL");
+    let upstream = format!("{}:{}", upstream.get_host(), upstream.get_port());
+    let frozen = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let flag = Arc::clone(&frozen);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(server_read) as _, Box::new(client_write) as _),
+            ] {
+                let flag = Arc::clone(&flag);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 8192];
+                    loop {
+                        let Ok(read) = from.read(&mut buffer).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        if flag.load(Ordering::SeqCst) {
+                            // Silent from now on; both sockets stay open.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buffer[..read]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (port, frozen)
+}
+
+#[tokio::test]
+async fn a_listener_connection_that_goes_silent_ends_the_stream_by_heartbeat() {
+    with_pg_schema(|schema| async move {
+        use std::str::FromStr;
+
+        let (port, frozen) = freezable_proxy().await;
+        let through_proxy =
+            sqlx::postgres::PgConnectOptions::from_str(&support::services::database_url())
+                .expect("a valid DATABASE_URL")
+                .host("127.0.0.1")
+                .port(port);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(through_proxy)
+            .await
+            .expect("a pool through the proxy");
+        let name = unique("tsg_test_channel_");
+        let receiver = PostgresInvalidationChannel::new(pool)
+            .channel_name(name.as_str())
+            .heartbeat(Duration::from_millis(200));
+        let sender =
+            PostgresInvalidationChannel::new(schema.pool.clone()).channel_name(name.as_str());
+        let mut stream = receiver.subscribe().await.expect("subscribe");
+        // Healthy: heartbeats pass, messages arrive.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        sender.publish("alive").await.expect("publish");
+        assert_eq!(next_message(&mut stream).await.as_deref(), Some("alive"));
+        frozen.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        assert_eq!(
+            next_message(&mut stream).await,
+            None,
+            "the stream should end"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "ended after {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
 }

@@ -1,8 +1,10 @@
 //! The `LISTEN/NOTIFY` invalidation channel.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
@@ -16,6 +18,12 @@ const DEFAULT_CHANNEL: &str = "tower_saas_guard_invalidation";
 /// [`listener_application_name`](PostgresInvalidationChannel::listener_application_name)
 /// sets another.
 const DEFAULT_APPLICATION_NAME: &str = "tower_saas_guard_listener";
+/// How often an idle listening connection is checked, unless
+/// [`heartbeat`](PostgresInvalidationChannel::heartbeat) sets another.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// The longest a heartbeat query may take (never longer than the interval)
+/// before the connection counts as lost.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// PostgreSQL's longest identifier (`NAMEDATALEN - 1`), which a channel
 /// name is.
 const MAX_CHANNEL_NAME_BYTES: usize = 63;
@@ -33,7 +41,11 @@ const MAX_CHANNEL_NAME_BYTES: usize = 63;
 ///   that connection is lost** (a server restart, a network cut, a
 ///   `pg_terminate_backend`): notifications sent while no connection
 ///   listens are lost, so the crate re-subscribes with backoff and drops
-///   what it cached before the gap. It never reconnects silently.
+///   what it cached before the gap. It never reconnects silently. A
+///   connection that dies without a word (a cut network, no TCP reset) is
+///   found by a heartbeat: after [`heartbeat`](Self::heartbeat) (15 s) of
+///   silence the listener runs `SELECT 1`, and a query that fails or takes
+///   longer than the interval (at most 5 s) ends the stream too.
 ///
 /// The listening backend can be found in `pg_stat_activity` by its
 /// `application_name` (`tower_saas_guard_listener` by default), for
@@ -48,6 +60,7 @@ pub struct PostgresInvalidationChannel {
     pool: PgPool,
     channel: Arc<str>,
     application_name: Arc<str>,
+    heartbeat: Duration,
 }
 
 /// A channel name PostgreSQL cannot take: empty, longer than 63 bytes, or
@@ -64,6 +77,7 @@ impl PostgresInvalidationChannel {
             pool,
             channel: Arc::from(DEFAULT_CHANNEL),
             application_name: Arc::from(DEFAULT_APPLICATION_NAME),
+            heartbeat: DEFAULT_HEARTBEAT,
         }
     }
 
@@ -92,6 +106,16 @@ impl PostgresInvalidationChannel {
     pub fn listener_application_name(self, name: impl Into<String>) -> Self {
         Self {
             application_name: Arc::from(name.into()),
+            ..self
+        }
+    }
+
+    /// After how long without a notification the listening connection is
+    /// checked with `SELECT 1` (default 15 s; at least 100 ms).
+    #[must_use]
+    pub fn heartbeat(self, interval: Duration) -> Self {
+        Self {
+            heartbeat: interval.max(Duration::from_millis(100)),
             ..self
         }
     }
@@ -149,23 +173,53 @@ impl InvalidationChannel for PostgresInvalidationChannel {
             .listen(channel)
             .await
             .map_err(StoreError::backend)?;
-        let stream =
-            futures_util::stream::unfold((listener, pool), |(mut listener, pool)| async move {
-                match listener.try_recv().await {
-                    Ok(Some(notification)) => {
-                        let payload = notification.payload().to_owned();
-                        Some((payload, (listener, pool)))
-                    }
-                    Ok(None) => {
-                        tracing::warn!("PostgreSQL LISTEN connection lost");
-                        None
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "PostgreSQL LISTEN connection failed");
-                        None
+        let heartbeat = self.heartbeat;
+        let ping_timeout = heartbeat.min(HEARTBEAT_TIMEOUT);
+        let stream = futures_util::stream::unfold(
+            (listener, pool),
+            move |(mut listener, pool)| async move {
+                loop {
+                    // `try_recv` is cancel safe: a notification is either
+                    // returned or stays buffered for the next call.
+                    let received = {
+                        let next = Box::pin(listener.try_recv());
+                        let quiet = Box::pin(tokio::time::sleep(heartbeat));
+                        match select(next, quiet).await {
+                            Either::Left((received, _)) => Some(received),
+                            Either::Right(_) => None,
+                        }
+                    };
+                    match received {
+                        Some(Ok(Some(notification))) => {
+                            let payload = notification.payload().to_owned();
+                            return Some((payload, (listener, pool)));
+                        }
+                        Some(Ok(None)) => {
+                            tracing::warn!("PostgreSQL LISTEN connection lost");
+                            return None;
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "PostgreSQL LISTEN connection failed");
+                            return None;
+                        }
+                        None => {
+                            let ping = sqlx::query("SELECT 1").execute(&mut listener);
+                            match tokio::time::timeout(ping_timeout, ping).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(error)) => {
+                                    tracing::warn!(%error, "PostgreSQL LISTEN heartbeat failed");
+                                    return None;
+                                }
+                                Err(_) => {
+                                    tracing::warn!("PostgreSQL LISTEN heartbeat timed out");
+                                    return None;
+                                }
+                            }
+                        }
                     }
                 }
-            });
+            },
+        );
         // Fused: once ended, it stays ended, however often it is polled.
         Ok(stream.fuse().boxed())
     }
