@@ -17,7 +17,7 @@ use tower::{service_fn, Layer, Service};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
-    Subscription, SubscriptionStatus,
+    Subscription, SubscriptionChange, SubscriptionStatus,
 };
 
 /// Polls a future that is ready on its first poll (every variant here is).
@@ -86,14 +86,17 @@ fn overhead(c: &mut Criterion) {
     let many_organizations: Vec<HeaderValue> = (1..=MANY)
         .map(|n| {
             runtime
-                .block_on(entitlements.apply(&Subscription {
-                    organization_id: format!("org_{n}"),
-                    subscription_id: "sub_1".into(),
-                    status: SubscriptionStatus::Active,
-                    plan: "pro".into(),
-                    current_period_end: None,
-                    trial_end: None,
-                }))
+                .block_on(entitlements.apply(&SubscriptionChange::new(
+                    Subscription {
+                        organization_id: format!("org_{n}"),
+                        subscription_id: "sub_1".into(),
+                        status: SubscriptionStatus::Active,
+                        plan: "pro".into(),
+                        current_period_end: None,
+                        trial_end: None,
+                    },
+                    std::time::SystemTime::now(),
+                )))
                 .expect("store subscription");
             HeaderValue::from_str(&format!("org_{n}")).expect("organization is a header")
         })

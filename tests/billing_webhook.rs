@@ -10,8 +10,8 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_saas_guard::billing::{BillingWebhook, SignatureError, WebhookError, WebhookVerifier};
 use tower_saas_guard::subscription::{
-    EntitlementPolicy, Entitlements, FromHeader, RequireSubscriptionLayer, SubscriptionStatus,
-    SubscriptionStore,
+    ApplyOutcome, EntitlementPolicy, Entitlements, FromHeader, RequireSubscriptionLayer,
+    SubscriptionStatus, SubscriptionStore,
 };
 use tower_saas_guard::{Clock, ManualClock};
 
@@ -44,8 +44,20 @@ impl Fixture {
     }
 
     fn signed(&self, body: &str) -> HeaderValue {
-        let header = WebhookVerifier::new(SECRET).sign(body.as_bytes(), self.clock.now());
+        self.signed_at(body, self.clock.now())
+    }
+
+    fn signed_at(&self, body: &str, at: std::time::SystemTime) -> HeaderValue {
+        let header = WebhookVerifier::new(SECRET).sign(body.as_bytes(), at);
         HeaderValue::from_str(&header).expect("signature is a header")
+    }
+
+    async fn handle(&self, signature: &HeaderValue, body: &str) -> ApplyOutcome {
+        self.webhook
+            .handle(Some(signature), body.as_bytes())
+            .await
+            .unwrap_or_else(|error| panic!("{body}: {error} ({error:?})"))
+            .outcome
     }
 
     async fn entitled(&self) -> bool {
@@ -94,11 +106,13 @@ async fn a_signed_upgrade_takes_effect_on_the_very_next_request() {
     assert_eq!(status().await, StatusCode::FORBIDDEN);
 
     let body = event("active");
-    let applied = fixture
+    let receipt = fixture
         .webhook
         .handle(Some(&fixture.signed(&body)), body.as_bytes())
         .await
         .expect("applied");
+    assert!(receipt.applied());
+    let applied = receipt.subscription;
     assert_eq!(applied.status, SubscriptionStatus::Active);
     assert_eq!(
         applied.current_period_end,
@@ -195,6 +209,8 @@ async fn signed_but_invalid_bodies_are_invalid_request_and_change_nothing() {
         event("active").replace("2030-01-01T00:00:00Z", "next tuesday"),
         event("active").replace("\"org_1\"", "\"  \""),
         event("active").replace("\"sub_1\"", &format!("\"{}\"", "s".repeat(129))),
+        with_event_id(&event("active"), " "),
+        with_event_id(&event("active"), &"e".repeat(129)),
     ];
     for body in bodies {
         let error = fixture
@@ -251,4 +267,97 @@ async fn two_subscriptions_of_one_organization_in_either_order_entitle() {
             Some("sub_new")
         );
     }
+}
+
+/// `body` (an `event(..)`) carrying `"event_id": id`.
+fn with_event_id(body: &str, id: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(body).expect("json");
+    value["event_id"] = serde_json::Value::from(id);
+    value.to_string()
+}
+
+#[tokio::test]
+async fn an_older_webhook_replayed_or_resigned_after_a_cancellation_is_not_applied() {
+    let fixture = Fixture::new();
+    let now = fixture.clock.now();
+    let active = event("active");
+    let captured = fixture.signed_at(&active, now - Duration::from_secs(200));
+    assert_eq!(
+        fixture.handle(&captured, &active).await,
+        ApplyOutcome::Applied
+    );
+    assert!(fixture.entitled().await);
+
+    let canceled = event("canceled");
+    let cancellation = fixture.signed_at(&canceled, now);
+    assert_eq!(
+        fixture.handle(&cancellation, &canceled).await,
+        ApplyOutcome::Applied
+    );
+    assert!(!fixture.entitled().await);
+
+    // The captured body and header, replayed within the 300 s tolerance.
+    assert_eq!(
+        fixture.handle(&captured, &active).await,
+        ApplyOutcome::Outdated
+    );
+    assert!(!fixture.entitled().await, "a replay undid the cancellation");
+    // The same body signed again, at a time still before the cancellation.
+    let resigned = fixture.signed_at(&active, now - Duration::from_secs(1));
+    assert_eq!(
+        fixture.handle(&resigned, &active).await,
+        ApplyOutcome::Outdated
+    );
+    assert!(!fixture.entitled().await, "a re-signed older event won");
+    let stored = fixture
+        .store
+        .inner
+        .subscriptions("org_1")
+        .await
+        .expect("memory");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].status, SubscriptionStatus::Canceled);
+
+    // A later change applies again.
+    fixture.clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        fixture.handle(&fixture.signed(&active), &active).await,
+        ApplyOutcome::Applied
+    );
+    assert!(fixture.entitled().await);
+}
+
+#[tokio::test]
+async fn a_webhook_whose_event_id_was_applied_is_not_applied_even_later_and_different() {
+    let fixture = Fixture::new();
+    let first = with_event_id(&event("active"), "evt_1");
+    let receipt = fixture
+        .webhook
+        .handle(Some(&fixture.signed(&first)), first.as_bytes())
+        .await
+        .expect("applied");
+    assert_eq!(receipt.outcome, ApplyOutcome::Applied);
+    assert!(fixture.entitled().await);
+
+    fixture.clock.advance(Duration::from_secs(10));
+    let same_id = with_event_id(&event("canceled"), " evt_1 ");
+    let receipt = fixture
+        .webhook
+        .handle(Some(&fixture.signed(&same_id)), same_id.as_bytes())
+        .await
+        .expect("accepted");
+    assert!(!receipt.applied());
+    assert_eq!(receipt.outcome, ApplyOutcome::DuplicateEvent);
+    assert_eq!(receipt.subscription.status, SubscriptionStatus::Canceled);
+    assert!(
+        fixture.entitled().await,
+        "a duplicate event id changed the subscription"
+    );
+
+    let new_id = with_event_id(&event("canceled"), "evt_2");
+    assert_eq!(
+        fixture.handle(&fixture.signed(&new_id), &new_id).await,
+        ApplyOutcome::Applied
+    );
+    assert!(!fixture.entitled().await);
 }

@@ -334,7 +334,7 @@ async fn webhook_with_several_v1_entries_passes_when_one_matches() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
         reply.body,
-        json!({ "organization_id": "org_1", "entitled": true })
+        json!({ "organization_id": "org_1", "entitled": true, "applied": true })
     );
     assert_eq!(server.api.subscription("org_1").await["entitled"], true);
 
@@ -571,4 +571,67 @@ async fn entitlement_ends_with_the_current_period_without_any_webhook() {
         .assert_problem(403, "subscription_required");
     let reply = api.send_message(&token, &id, "hello").await;
     assert_eq!(reply.body["ai_replied"], false, "{reply:?}");
+}
+
+#[tokio::test]
+async fn an_older_webhook_replayed_after_a_cancellation_answers_applied_false_and_changes_nothing()
+{
+    let server = serve(&WITH_SECRET).await;
+    let now = server.clock.now();
+    let answer = |entitled: bool, applied: bool| json!({ "organization_id": "org_1", "entitled": entitled, "applied": applied });
+    let active = event("org_1", "sub_1", "active", "pro").to_string();
+    let captured = signature(SECRET, &active, now - std::time::Duration::from_secs(200));
+    let reply = server.api.post_webhook(&active, Some(&captured)).await;
+    assert_eq!(
+        (reply.status, &reply.body),
+        (200, &answer(true, true)),
+        "{reply:?}"
+    );
+    let canceled = event("org_1", "sub_1", "canceled", "pro").to_string();
+    let reply = server
+        .api
+        .post_webhook(&canceled, Some(&signature(SECRET, &canceled, now)))
+        .await;
+    assert_eq!(
+        (reply.status, &reply.body),
+        (200, &answer(false, true)),
+        "{reply:?}"
+    );
+
+    // The captured "active" webhook, replayed within the tolerance.
+    let reply = server.api.post_webhook(&active, Some(&captured)).await;
+    assert_eq!(
+        (reply.status, &reply.body),
+        (200, &answer(false, false)),
+        "{reply:?}"
+    );
+    assert_eq!(server.api.subscription("org_1").await["entitled"], false);
+
+    // A duplicate event id, later and with another body, changes nothing.
+    let mut first = event("org_1", "sub_2", "active", "pro");
+    first["event_id"] = json!("evt_1");
+    let first = first.to_string();
+    let reply = server
+        .api
+        .post_webhook(&first, Some(&signature(SECRET, &first, now)))
+        .await;
+    assert_eq!(
+        (reply.status, &reply.body),
+        (200, &answer(true, true)),
+        "{reply:?}"
+    );
+    server.clock.advance(std::time::Duration::from_secs(10));
+    let mut again = event("org_1", "sub_2", "canceled", "pro");
+    again["event_id"] = json!("evt_1");
+    let again = again.to_string();
+    let reply = server
+        .api
+        .post_webhook(&again, Some(&signature(SECRET, &again, server.clock.now())))
+        .await;
+    assert_eq!(
+        (reply.status, &reply.body),
+        (200, &answer(true, false)),
+        "{reply:?}"
+    );
+    assert_eq!(server.api.subscription("org_1").await["entitled"], true);
 }

@@ -254,7 +254,7 @@ async fn binary_with_a_webhook_secret_applies_signed_webhooks_to_every_route() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
         reply.body,
-        json!({ "organization_id": "org_1", "entitled": true })
+        json!({ "organization_id": "org_1", "entitled": true, "applied": true })
     );
     assert_eq!(
         api.subscription("org_1").await,

@@ -18,6 +18,13 @@ async fn the_memory_subscription_store_passes_the_conformance_suite() {
     test_kit::subscription_store_suite(|| async { MemorySubscriptionStore::new() }).await;
 }
 
+#[tokio::test]
+async fn applied_event_times_are_shared_by_clones_of_the_memory_store() {
+    let store = MemorySubscriptionStore::new();
+    let clone = store.clone();
+    test_kit::applied_event_times_survive_a_new_store(store, || async { clone }).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_channel_passes_the_conformance_suite() {
     let channel = MemoryInvalidationChannel::new();

@@ -132,6 +132,8 @@ async fn the_tables_live_in_the_schema_of_the_search_path() {
             [
                 "_tower_saas_guard_migrations",
                 "tower_saas_guard_sessions",
+                "tower_saas_guard_subscription_event_times",
+                "tower_saas_guard_subscription_events",
                 "tower_saas_guard_subscriptions"
             ]
         );
@@ -253,7 +255,7 @@ async fn no_token_in_clear_in_any_row() {
         .fetch_all(&schema.admin)
         .await
         .expect("tables");
-        assert_eq!(tables.len(), 3);
+        assert_eq!(tables.len(), 5);
         let mut rows = String::new();
         for table in tables {
             // Each row as text (bytea in hex, `\x…`).
@@ -312,7 +314,7 @@ async fn stores_starting_together_migrate_once() {
         .fetch_all(&schema.pool)
         .await
         .expect("applied");
-        assert_eq!(applied, [(1, true), (2, true)]);
+        assert_eq!(applied, [(1, true), (2, true), (3, true)]);
     })
     .await;
 }
@@ -611,6 +613,18 @@ mod conformance {
             test_kit::subscription_store_suite(|| async {
                 PostgresSubscriptionStore::new(schema.pool.clone())
             })
+            .await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn applied_event_times_survive_a_new_store_on_the_same_schema() {
+        with_pg_schema(|schema| async move {
+            test_kit::applied_event_times_survive_a_new_store(
+                PostgresSubscriptionStore::new(schema.pool.clone()),
+                || async { PostgresSubscriptionStore::new(schema.pool.clone()) },
+            )
             .await;
         })
         .await;

@@ -404,7 +404,7 @@ async fn stores_starting_together_on_one_file_migrate_once() {
     .fetch_all(store.pool())
     .await
     .expect("applied");
-    assert_eq!(applied, [(1, true), (2, true)]);
+    assert_eq!(applied, [(1, true), (2, true), (3, true)]);
 }
 
 #[tokio::test]
@@ -455,7 +455,7 @@ async fn migrations_are_tracked_apart_from_the_applications_own() {
             "SELECT count(*) FROM _tower_saas_guard_migrations"
         )
         .await,
-        2
+        3
     );
 }
 
@@ -549,6 +549,21 @@ mod conformance {
             SqliteSubscriptionStore::connect(&files.next_url())
                 .await
                 .expect("connect")
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn applied_event_times_survive_a_new_pool_on_the_same_file() {
+        let files = Files::new();
+        let url = files.next_url();
+        let store = SqliteSubscriptionStore::connect(&url)
+            .await
+            .expect("connect");
+        test_kit::applied_event_times_survive_a_new_store(store, || async {
+            SqliteSubscriptionStore::connect(&url)
+                .await
+                .expect("reopen")
         })
         .await;
     }

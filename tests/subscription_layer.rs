@@ -12,12 +12,17 @@ use tower::{service_fn, Layer, ServiceExt};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     Entitlement, EntitlementLayer, EntitlementPolicy, Entitlements, FromExtension, FromHeader,
-    OnStoreError, OrganizationId, RequireSubscriptionLayer, Subscription, SubscriptionStatus,
-    SubscriptionStore,
+    OnStoreError, OrganizationId, RequireSubscriptionLayer, Subscription, SubscriptionChange,
+    SubscriptionStatus, SubscriptionStore,
 };
 use tower_saas_guard::{Clock, GuardBody, ManualClock, RequestHead};
 
 use support::{burst, epoch, send, Answer, Echo, ProbeSubscriptions};
+
+/// `subscription` as a billing change produced `seconds` after the epoch.
+fn change(subscription: &Subscription, seconds: u64) -> SubscriptionChange {
+    SubscriptionChange::new(subscription.clone(), epoch() + Duration::from_secs(seconds))
+}
 
 const SECOND: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -276,12 +281,16 @@ async fn an_upgrade_and_a_cancellation_are_seen_at_once_by_every_thread() {
     // Both worker threads now hold the (free) organization in their hot tables.
     burst(&service, request, StatusCode::FORBIDDEN).await;
     let upgrade = subscription("org_1", "sub_1", SubscriptionStatus::Active, None);
-    fixture.entitlements.apply(&upgrade).await.expect("apply");
+    fixture
+        .entitlements
+        .apply(&change(&upgrade, 1))
+        .await
+        .expect("apply");
     burst(&service, request, StatusCode::OK).await;
     let cancellation = subscription("org_1", "sub_1", SubscriptionStatus::Canceled, None);
     fixture
         .entitlements
-        .apply(&cancellation)
+        .apply(&change(&cancellation, 2))
         .await
         .expect("apply");
     burst(&service, request, StatusCode::FORBIDDEN).await;
@@ -302,7 +311,11 @@ async fn a_load_that_raced_an_apply_does_not_put_the_old_answer_back() {
     }
     assert_eq!(fixture.store.reads(), 1);
     let upgrade = subscription("org_1", "sub_1", SubscriptionStatus::Active, None);
-    fixture.entitlements.apply(&upgrade).await.expect("apply");
+    fixture
+        .entitlements
+        .apply(&change(&upgrade, 1))
+        .await
+        .expect("apply");
     fixture.store.gate.open();
     assert_eq!(
         racing.await.expect("task"),
@@ -333,7 +346,11 @@ async fn apply_stores_the_change_and_the_next_request_sees_it() {
         SubscriptionStatus::Active,
         Some(epoch() + 30 * DAY),
     );
-    fixture.entitlements.apply(&upgrade).await.expect("apply");
+    fixture
+        .entitlements
+        .apply(&change(&upgrade, 1))
+        .await
+        .expect("apply");
     assert_eq!(
         send(&service, for_org("org_1")).await.status,
         StatusCode::OK
@@ -345,7 +362,7 @@ async fn apply_stores_the_change_and_the_next_request_sees_it() {
     };
     fixture
         .entitlements
-        .apply(&cancellation)
+        .apply(&change(&cancellation, 2))
         .await
         .expect("apply");
     assert_eq!(

@@ -18,7 +18,7 @@
 //! **Billing** posts signed webhooks to `POST /billing/webhook` (enabled by
 //! `--webhook-secret`; without it the route answers 503
 //! `webhook_not_configured`). The signature is checked on the raw body
-//! before it is parsed; a valid webhook upserts the subscription, keyed by
+//! before it is parsed; a valid webhook applies the subscription change, keyed by
 //! organization and subscription id, and takes effect on the very next
 //! request. (A command line is visible to other users of the machine: a
 //! real deployment would read the secret from its environment.)

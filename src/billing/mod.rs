@@ -16,8 +16,9 @@
 //!
 //! let body = br#"{"organization_id":"org_1","subscription_id":"sub_1","status":"active","plan":"pro"}"#;
 //! let signature = WebhookVerifier::new("whsec_test").sign(body, SystemTime::now());
-//! let applied = webhook.handle(Some(&HeaderValue::from_str(&signature)?), body).await?;
-//! assert_eq!(applied.organization_id, "org_1");
+//! let receipt = webhook.handle(Some(&HeaderValue::from_str(&signature)?), body).await?;
+//! assert_eq!(receipt.subscription.organization_id, "org_1");
+//! assert!(receipt.applied());
 //! assert!(entitlements.entitlement("org_1", &EntitlementPolicy::new()).await?.is_entitled());
 //!
 //! let forged = webhook.handle(Some(&HeaderValue::from_static("t=1,v1=00")), body).await;
@@ -36,7 +37,9 @@ use serde::Deserialize;
 
 pub use self::signature::{SignatureError, WebhookVerifier};
 use crate::error::StoreError;
-use crate::subscription::{Entitlements, Subscription, SubscriptionStatus};
+use crate::subscription::{
+    ApplyOutcome, Entitlements, Subscription, SubscriptionChange, SubscriptionStatus,
+};
 
 /// The header a signed webhook carries its signature in.
 pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
@@ -46,8 +49,8 @@ const MAX_ID_CHARS: usize = 128;
 
 /// A subscription change as a billing webhook sends it (JSON):
 /// `{organization_id, subscription_id, status, plan, current_period_end?,
-/// trial_end?}`, timestamps in RFC 3339. Unknown fields are ignored; an
-/// unknown status is an error.
+/// trial_end?, event_id?}`, timestamps in RFC 3339. Unknown fields are
+/// ignored; an unknown status is an error.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SubscriptionEvent {
     /// The organization that pays.
@@ -64,18 +67,28 @@ pub struct SubscriptionEvent {
     /// When the trial ends (RFC 3339).
     #[serde(default, deserialize_with = "rfc3339::option")]
     pub trial_end: Option<SystemTime>,
+    /// The sender's event id: a webhook whose id was applied before changes
+    /// nothing (at most 128 characters, not empty).
+    #[serde(default)]
+    pub event_id: Option<String>,
 }
 
 impl SubscriptionEvent {
     /// Parses and checks a webhook body: JSON of the right shape, ids
-    /// non-empty after trimming and at most 128 characters.
+    /// (and `event_id`, when present) non-empty after trimming and at most
+    /// 128 characters.
     pub fn from_json(body: &[u8]) -> Result<Self, PayloadError> {
         let event: Self = serde_json::from_slice(body).map_err(PayloadError::Json)?;
-        for (field, value) in [
-            ("organization_id", &event.organization_id),
-            ("subscription_id", &event.subscription_id),
-            ("plan", &event.plan),
-        ] {
+        let named = [
+            ("organization_id", Some(&event.organization_id)),
+            ("subscription_id", Some(&event.subscription_id)),
+            ("plan", Some(&event.plan)),
+            ("event_id", event.event_id.as_ref()),
+        ];
+        for (field, value) in named
+            .into_iter()
+            .filter_map(|(field, value)| Some((field, value?)))
+        {
             let value = value.trim();
             if value.is_empty() {
                 return Err(PayloadError::Empty(field));
@@ -85,6 +98,17 @@ impl SubscriptionEvent {
             }
         }
         Ok(event)
+    }
+
+    /// The change this event describes, produced at `event_at` (the
+    /// signature's `t`), with its event id.
+    pub fn into_change(self, event_at: SystemTime) -> SubscriptionChange {
+        let event_id = self.event_id.as_deref().map(|id| id.trim().to_owned());
+        SubscriptionChange {
+            subscription: self.into_subscription(),
+            event_at,
+            event_id,
+        }
     }
 
     /// The subscription this event describes.
@@ -204,20 +228,45 @@ impl BillingWebhook {
 
     /// Verifies `signature` (the `webhook-signature` header) over the raw
     /// `body` at the entitlements' clock's now, **then** parses the body and
-    /// upserts the subscription, invalidating the organization's cached
-    /// entitlement. Returns the applied subscription.
+    /// applies the change ([`Entitlements::apply`]): ordered by the
+    /// signature's `t` (a webhook older than the last change applied to the
+    /// same subscription changes nothing), deduplicated by the body's
+    /// `event_id`, the organization's cached entitlement invalidated.
+    /// Returns the subscription and whether it was applied.
     pub async fn handle(
         &self,
         signature: Option<&HeaderValue>,
         body: &[u8],
-    ) -> Result<Subscription, WebhookError> {
+    ) -> Result<WebhookReceipt, WebhookError> {
         let now = self.entitlements.core.clock.now();
         self.verifier.verify_header(signature, body, now)?;
-        let subscription = SubscriptionEvent::from_json(body)?.into_subscription();
-        self.entitlements
-            .apply(&subscription)
+        let event_at = signature::signed_at(signature.map_or(&[][..], HeaderValue::as_bytes))?;
+        let change = SubscriptionEvent::from_json(body)?.into_change(event_at);
+        let outcome = self
+            .entitlements
+            .apply(&change)
             .await
             .map_err(WebhookError::Store)?;
-        Ok(subscription)
+        Ok(WebhookReceipt {
+            subscription: change.subscription,
+            outcome,
+        })
+    }
+}
+
+/// What [`BillingWebhook::handle`] did with a verified webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookReceipt {
+    /// The subscription the webhook described (stored only when applied).
+    pub subscription: Subscription,
+    /// Whether the change was applied, and if not, why.
+    pub outcome: ApplyOutcome,
+}
+
+impl WebhookReceipt {
+    /// Whether the change was applied (`false`: older than the last change
+    /// applied to the subscription, or a duplicate event id).
+    pub fn applied(&self) -> bool {
+        self.outcome.is_applied()
     }
 }

@@ -255,6 +255,15 @@ fn entries(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// The one `t` entry: its digits as sent and their value in Unix seconds.
+/// The `t` of a signature header (whole seconds), for a header that
+/// [`WebhookVerifier::verify`] accepted.
+pub(crate) fn signed_at(header: &[u8]) -> Result<SystemTime, SignatureError> {
+    let (_, seconds) = signed_timestamp(header)?;
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(seconds))
+        .ok_or(SignatureError::Malformed)
+}
+
 fn signed_timestamp(header: &[u8]) -> Result<(&[u8], u64), SignatureError> {
     let mut timestamps = entries(header).filter_map(|(key, value)| (key == b"t").then_some(value));
     let digits = timestamps.next().ok_or(SignatureError::Malformed)?;

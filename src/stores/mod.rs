@@ -21,12 +21,19 @@
 //! `BYTEA`); the token itself is never written, so a leaked database holds
 //! no usable tokens. Times are `BIGINT` Unix milliseconds; the payload is
 //! the application's JSON as text. Subscriptions are keyed by
-//! (`organization_id`, `subscription_id`) and upserted. Indexes serve
-//! "sessions of an organization" and "of a subject" in listing order
-//! (`created_at`, `id`), the purge of expired sessions (`expires_at`), and
-//! "subscriptions of an organization" (the primary key). The tables are
-//! `tower_saas_guard_sessions` and `tower_saas_guard_subscriptions`, named
-//! so that they sit beside an application's own tables.
+//! (`organization_id`, `subscription_id`); a billing change is applied in
+//! one transaction whose statements carry the conditions (the event id
+//! inserted only if absent, the subscription's last event time advanced only
+//! if the change is not older), so that no change older than the last one
+//! applied, and no event id applied before, ever wins, whichever instance
+//! applies it. Indexes serve "sessions of an organization" and "of a
+//! subject" in listing order (`created_at`, `id`), the purge of expired
+//! sessions (`expires_at`), "subscriptions of an organization" (the primary
+//! key) and the purge of old event ids (`applied_at`). The tables are
+//! `tower_saas_guard_sessions`, `tower_saas_guard_subscriptions`,
+//! `tower_saas_guard_subscription_event_times` and
+//! `tower_saas_guard_subscription_events`, named so that they sit beside an
+//! application's own tables.
 //!
 //! Renewal is one conditional `UPDATE … RETURNING` (it never moves
 //! `expires_at` backwards and never revives an expired session); revoking

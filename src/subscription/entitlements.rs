@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 
+use super::change::{ApplyOutcome, SubscriptionChange};
 use super::model::{Subscription, SubscriptionStatus};
 use super::policy::{Entitlement, EntitlementPolicy, EntitlementReason, OrganizationSubscriptions};
 use super::store::SubscriptionStore;
@@ -306,13 +307,24 @@ impl Entitlements {
         self.core.channel.as_ref().map(ChannelLink::status)
     }
 
-    /// Stores a subscription change (upsert keyed by organization and
-    /// subscription id) and invalidates the organization, in one call: the
-    /// next request sees the change.
-    pub async fn apply(&self, subscription: &Subscription) -> Result<(), StoreError> {
+    /// Applies a subscription change through the store
+    /// ([`SubscriptionStore::apply`]: only if it is not older than the last
+    /// change applied to the subscription and its event id is new, keyed by
+    /// organization and subscription id) and invalidates the organization,
+    /// in one call: the next request sees the change. Answers whether the
+    /// change was applied.
+    ///
+    /// The organization is invalidated (and the invalidation published)
+    /// even when the change was not applied or the store failed: a provider
+    /// retries an event whose delivery failed, and when the first delivery
+    /// stored the change but failed later (say, before the invalidation
+    /// reached other instances), the retry is a duplicate; invalidating
+    /// again costs one store read and makes sure every instance sees the
+    /// stored state.
+    pub async fn apply(&self, change: &SubscriptionChange) -> Result<ApplyOutcome, StoreError> {
         let core = &self.core;
-        let stored = core.with_timeout(core.store.upsert(subscription)).await;
-        self.invalidate(&subscription.organization_id);
+        let stored = core.with_timeout(core.store.apply(change)).await;
+        self.invalidate(&change.subscription.organization_id);
         stored
     }
 

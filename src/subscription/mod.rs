@@ -34,7 +34,7 @@
 //! use tower::{Layer, ServiceExt};
 //! use tower_saas_guard::subscription::{
 //!     Entitlement, EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore,
-//!     RequireSubscriptionLayer, Subscription, SubscriptionStatus,
+//!     RequireSubscriptionLayer, Subscription, SubscriptionChange, SubscriptionStatus,
 //! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -55,20 +55,25 @@
 //! assert_eq!(read.status(), StatusCode::OK); // reads are not gated
 //!
 //! // The billing webhook stores the upgrade and invalidates the cache.
-//! entitlements.apply(&Subscription {
+//! let upgrade = Subscription {
 //!     organization_id: "org_1".into(),
 //!     subscription_id: "sub_1".into(),
 //!     status: SubscriptionStatus::Active,
 //!     plan: "pro".into(),
 //!     current_period_end: None,
 //!     trial_end: None,
-//! }).await?;
+//! };
+//! let applied = entitlements
+//!     .apply(&SubscriptionChange::new(upgrade, std::time::SystemTime::now()).with_event_id("evt_1"))
+//!     .await?;
+//! assert!(applied.is_applied());
 //! let pro = service.oneshot(post()?).await?;
 //! assert_eq!(pro.status(), StatusCode::OK);
 //! # Ok(())
 //! # }
 //! ```
 
+mod change;
 mod entitlements;
 mod layer;
 mod model;
@@ -77,6 +82,7 @@ mod resolver;
 mod service;
 mod store;
 
+pub use self::change::{ApplyOutcome, SubscriptionChange, EVENT_ID_RETENTION};
 pub use self::entitlements::{Entitlements, EntitlementsBuilder, OnStoreError};
 pub use self::layer::{EntitlementLayer, GateAll, GatePredicate, RequireSubscriptionLayer};
 pub use self::model::{Subscription, SubscriptionStatus, UnknownStatus};

@@ -9,7 +9,8 @@ use super::unique;
 use crate::invalidation::{InvalidationChannel, MAX_MESSAGE_BYTES};
 use crate::session::{MemorySessionStore, SessionHandle, SessionRefreshLayer};
 use crate::subscription::{
-    EntitlementPolicy, Entitlements, MemorySubscriptionStore, Subscription, SubscriptionStatus,
+    EntitlementPolicy, Entitlements, MemorySubscriptionStore, Subscription, SubscriptionChange,
+    SubscriptionStatus,
 };
 
 /// How long a message may take to arrive (SPEC: within one second).
@@ -202,14 +203,17 @@ pub async fn a_subscription_change_reaches_another_instance(
         "{name}: entitled before any subscription"
     );
     first
-        .apply(&Subscription {
-            organization_id: organization.clone(),
-            subscription_id: "sub_1".to_owned(),
-            status: SubscriptionStatus::Active,
-            plan: "pro".to_owned(),
-            current_period_end: None,
-            trial_end: None,
-        })
+        .apply(&SubscriptionChange::new(
+            Subscription {
+                organization_id: organization.clone(),
+                subscription_id: "sub_1".to_owned(),
+                status: SubscriptionStatus::Active,
+                plan: "pro".to_owned(),
+                current_period_end: None,
+                trial_end: None,
+            },
+            super::at(0),
+        ))
         .await
         .expect("apply");
     let seen = within_delivery(|| async {

@@ -57,9 +57,13 @@ pub use self::sessions::{
     unknown_sessions_are_none,
 };
 pub use self::subscriptions::{
-    every_status_and_optional_time_round_trips, malformed_subscription_is_an_error,
-    organizations_hold_several_subscriptions, subscription_store_suite,
-    unknown_organizations_have_no_subscriptions, upsert_replaces_by_organization_and_subscription,
+    a_duplicate_event_id_is_not_applied_even_with_another_body,
+    an_older_change_after_a_newer_one_is_not_applied, applied_event_times_survive_a_new_store,
+    event_ids_are_remembered_until_purged, every_status_and_optional_time_round_trips,
+    malformed_subscription_is_an_error, organizations_hold_several_subscriptions,
+    shuffled_changes_from_two_instances_end_in_the_newest_state, subscription_store_suite,
+    the_same_change_twice_is_applied_once, unknown_organizations_have_no_subscriptions,
+    upsert_replaces_by_organization_and_subscription,
 };
 
 /// The instant the kit's times are relative to: the wall clock when the

@@ -510,7 +510,7 @@ impl Server {
         assert_eq!(reply.status, 200, "{event}: {reply:?}");
         assert_eq!(
             reply.body,
-            json!({ "organization_id": event["organization_id"], "entitled": entitled }),
+            json!({ "organization_id": event["organization_id"], "entitled": entitled, "applied": true }),
             "{event}"
         );
     }

@@ -221,6 +221,21 @@ impl tower_saas_guard::subscription::SubscriptionStore for ProbeSubscriptions {
         }
         tower_saas_guard::subscription::SubscriptionStore::upsert(&self.inner, subscription).await
     }
+
+    async fn apply(
+        &self,
+        change: &tower_saas_guard::subscription::SubscriptionChange,
+    ) -> Result<tower_saas_guard::subscription::ApplyOutcome, StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(InjectedFailure));
+        }
+        tower_saas_guard::subscription::SubscriptionStore::apply(&self.inner, change).await
+    }
+
+    async fn purge_event_ids(&self, before: std::time::SystemTime) -> Result<u64, StoreError> {
+        tower_saas_guard::subscription::SubscriptionStore::purge_event_ids(&self.inner, before)
+            .await
+    }
 }
 
 /// A boxed service under test, answering `Response<GuardBody<String>>`.

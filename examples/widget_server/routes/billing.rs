@@ -12,9 +12,13 @@ use super::app::AppState;
 use super::problem::ApiError;
 
 /// `POST /billing/webhook`: verifies the `webhook-signature` over the raw
-/// body (before anything parses it), upserts the subscription and
+/// body (before anything parses it), applies the subscription change
+/// (ordered by the signature's `t`, deduplicated by `event_id`) and
 /// invalidates the organization's cached entitlement, then answers with the
-/// organization's decision as the next request will see it.
+/// organization's decision as the next request will see it and whether the
+/// change was applied (`applied: false`: older than the last change applied
+/// to that subscription, or a duplicate event id; still 200, so the sender
+/// stops retrying).
 pub(crate) async fn billing_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -24,17 +28,19 @@ pub(crate) async fn billing_webhook(
         return Err(ApiError::webhook_not_configured());
     };
     let body = body.map_err(|rejection| ApiError::invalid_request(rejection.body_text()))?;
-    let applied = billing
+    let receipt = billing
         .handle(headers.get(WEBHOOK_SIGNATURE), &body)
         .await
         .map_err(ApiError::webhook)?;
+    let organization_id = &receipt.subscription.organization_id;
     let entitlement = state
         .entitlements
-        .entitlement(&applied.organization_id, &state.policy)
+        .entitlement(organization_id, &state.policy)
         .await
         .map_err(|error| ApiError::store_unavailable("subscription", &error))?;
     Ok(Json(json!({
-        "organization_id": applied.organization_id,
+        "organization_id": organization_id,
         "entitled": entitlement.is_entitled(),
+        "applied": receipt.applied(),
     })))
 }
