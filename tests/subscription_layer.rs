@@ -722,3 +722,51 @@ fn invalid_entitlement_settings_are_errors_at_build_time() {
     ));
     assert_eq!(build(|b| b), None);
 }
+
+#[tokio::test]
+async fn a_stale_copy_read_before_an_apply_is_not_put_back_under_serve_stale() {
+    let fixture = Fixture::with(|builder| {
+        builder
+            .positive_ttl(60 * SECOND)
+            .on_store_error(OnStoreError::ServeStale(300 * SECOND))
+    });
+    fixture
+        .store_subscription(SubscriptionStatus::Active, None)
+        .await;
+    let service = echo(fixture.require());
+    assert_eq!(
+        send(&service, for_org("org_1")).await.status,
+        StatusCode::OK
+    );
+    fixture.store.set_failing(true);
+    fixture.clock.advance(61 * SECOND);
+    // This request reads the stale copy when it is called, and is polled
+    // only after the cancellation below landed.
+    let mut early = service.clone();
+    let in_flight = tower::Service::call(
+        tower::ServiceExt::ready(&mut early)
+            .await
+            .expect("infallible"),
+        for_org("org_1"),
+    );
+    // The cancellation reaches the store (its writes work) and the cache.
+    fixture
+        .store_subscription(SubscriptionStatus::Canceled, None)
+        .await;
+    fixture.entitlements.invalidate("org_1");
+    // Read before the cancellation: it may still pass.
+    let _ = in_flight.await.expect("infallible");
+    // The pre-cancellation copy must not be back in the cache: with the
+    // store down there is nothing fresh to decide from.
+    assert_problem(
+        &send(&service, for_org("org_1")).await,
+        503,
+        "store_unavailable",
+    );
+    fixture.store.set_failing(false);
+    assert_problem(
+        &send(&service, for_org("org_1")).await,
+        403,
+        "subscription_required",
+    );
+}

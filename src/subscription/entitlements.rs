@@ -4,11 +4,12 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
+use moka::ops::compute::{CompResult, Op};
 
 use super::change::{ApplyOutcome, SubscriptionChange};
 use super::model::{Subscription, SubscriptionStatus};
@@ -140,7 +141,12 @@ impl EntitlementsCore {
                                 stale_until: cached.stale_until,
                                 confirmed: AtomicBool::new(false),
                             });
-                            self.insert_guarded(organization_id, deferred, invalidations_seen);
+                            self.replace_if_unchanged(
+                                organization_id,
+                                &cached,
+                                deferred,
+                                invalidations_seen,
+                            );
                             Ok(cached)
                         }
                         _ => Err(LookupFailure::Closed(error)),
@@ -156,6 +162,37 @@ impl EntitlementsCore {
         self.loads.forget(&Arc::from(organization_id));
         self.invalidations
             .remove(&self.cache, organization_id, self.stripe(organization_id));
+    }
+
+    /// Puts `replacement` in place of `read` only if the cache still holds
+    /// `read` itself (one atomic step of moka's entry): a copy read before
+    /// an invalidation (an `apply` between the request's cache read and its
+    /// store attempt) is never put back. Confirmed unless the stripe moved
+    /// since `invalidations_seen`.
+    fn replace_if_unchanged(
+        &self,
+        organization_id: Arc<str>,
+        read: &Arc<OrganizationSubscriptions>,
+        replacement: Arc<OrganizationSubscriptions>,
+        invalidations_seen: u64,
+    ) {
+        let stripe = self.stripe(&organization_id);
+        let outcome = self
+            .cache
+            .entry(Arc::clone(&organization_id))
+            .and_compute_with(|current| match current {
+                Some(current) if Arc::ptr_eq(current.value(), read) => {
+                    Op::Put(Arc::clone(&replacement))
+                }
+                _ => Op::Nop,
+            });
+        if matches!(outcome, CompResult::ReplacedWith(_)) {
+            if self.invalidations.current(stripe) == invalidations_seen {
+                replacement.confirmed.store(true, Ordering::Release);
+            } else {
+                self.cache.invalidate(&organization_id);
+            }
+        }
     }
 
     fn stripe(&self, organization_id: &str) -> u64 {
