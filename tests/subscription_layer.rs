@@ -770,3 +770,45 @@ async fn a_stale_copy_read_before_an_apply_is_not_put_back_under_serve_stale() {
         "subscription_required",
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_purge_task_forgets_event_ids_after_the_retention() {
+    let fixture = Fixture::new();
+    let active = subscription("org_1", "sub_1", SubscriptionStatus::Active, None);
+    let event = SubscriptionChange::new(active, fixture.clock.now()).with_event_id("evt_1");
+    assert!(fixture
+        .entitlements
+        .apply(&event)
+        .await
+        .expect("apply")
+        .is_applied());
+    assert!(!fixture
+        .entitlements
+        .apply(&event)
+        .await
+        .expect("apply")
+        .is_applied());
+    let task = fixture
+        .entitlements
+        .spawn_purge(3600 * SECOND)
+        .expect("runtime");
+    // Past the retention on the cache's clock; the task runs after an hour.
+    fixture
+        .clock
+        .advance(tower_saas_guard::subscription::EVENT_ID_RETENTION + 3600 * SECOND);
+    tokio::time::sleep(3601 * SECOND).await;
+    assert!(
+        fixture
+            .entitlements
+            .apply(&event)
+            .await
+            .expect("apply")
+            .is_applied(),
+        "the id was forgotten (its event time equals the last applied one)"
+    );
+    drop(task);
+    assert_eq!(
+        fixture.entitlements.spawn_purge(Duration::ZERO).err(),
+        Some(tower_saas_guard::ConfigError::ZeroPurgeInterval)
+    );
+}

@@ -150,6 +150,12 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         .organization(OperatorOrganization::new())
         .responder(operator_rejection);
 
+    // Billing event ids are remembered 30 days (longer than any provider
+    // retries), then forgotten by the same schedule.
+    let purge_event_ids = entitlements
+        .spawn_purge(PURGE_INTERVAL)
+        .map_err(|error| StartError::Usage(format!("cannot start the purge task: {error}")))?;
+
     let state = AppState {
         sessions: sessions.handle(),
         session_store: backends.sessions,
@@ -158,7 +164,7 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         entitlements,
         policy,
         billing,
-        _purge: Arc::new(purge),
+        _purge: Arc::new([purge, purge_event_ids]),
     };
 
     Ok(Router::new()
@@ -308,8 +314,9 @@ pub(crate) struct AppState {
     pub(crate) policy: EntitlementPolicy,
     /// `None` without `--webhook-secret`.
     pub(crate) billing: Option<BillingWebhook>,
-    /// Purges expired sessions for as long as the router lives.
-    _purge: Arc<PurgeTask>,
+    /// Purge expired sessions and old billing event ids for as long as the
+    /// router lives.
+    _purge: Arc<[PurgeTask; 2]>,
 }
 
 impl AppState {

@@ -37,7 +37,8 @@ Flags (`--flag value` or `--flag=value`):
 Durations use humantime syntax: 500ms, 10s, 4h, 30d.
 
 Expired sessions keep answering `session_expired` for 24h after they
-expire; a background task purges older ones every 10 minutes.
+expire; a background task purges older ones every 10 minutes (and
+billing event ids applied more than 30 days ago).
 
 Several instances share sessions and subscriptions through PostgreSQL
 (and Redis for sessions); a logout, a revocation or a billing change on one

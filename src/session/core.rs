@@ -857,26 +857,12 @@ impl SessionHandle {
     /// [`PurgeTask`] is dropped, when every layer and handle of this store
     /// is gone, or when the runtime shuts down. Needs a Tokio runtime.
     pub fn spawn_purge(&self, interval: Duration) -> Result<PurgeTask, ConfigError> {
-        if interval.is_zero() {
-            return Err(ConfigError::ZeroPurgeInterval);
-        }
-        crate::error::check_durations(&[("purge interval", interval)])?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
-        let core = Arc::downgrade(&self.core);
-        let task = runtime.spawn(async move {
-            let mut ticks =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(core) = core.upgrade() else { return };
-                match core.purge_expired().await {
-                    Ok(purged) => tracing::debug!(purged, "purged expired sessions"),
-                    Err(error) => tracing::warn!(%error, "purging expired sessions failed"),
-                }
-            }
-        });
-        Ok(PurgeTask { task })
+        PurgeTask::spawn(
+            Arc::downgrade(&self.core),
+            interval,
+            "expired sessions",
+            |core: Arc<SessionCore>| async move { core.purge_expired().await },
+        )
     }
 
     /// What the invalidation channel's listener has done so far; `None`
@@ -944,6 +930,41 @@ impl InvalidationTarget for SessionCore {
 #[must_use = "the purge task stops when this is dropped"]
 pub struct PurgeTask {
     task: tokio::task::JoinHandle<()>,
+}
+
+impl PurgeTask {
+    /// Runs `purge` every `interval` (the first time after one interval)
+    /// while `owner` lives; needs a Tokio runtime.
+    pub(crate) fn spawn<T, F>(
+        owner: std::sync::Weak<T>,
+        interval: Duration,
+        what: &'static str,
+        purge: impl Fn(Arc<T>) -> F + Send + 'static,
+    ) -> Result<Self, ConfigError>
+    where
+        T: Send + Sync + 'static,
+        F: Future<Output = Result<u64, StoreError>> + Send,
+    {
+        if interval.is_zero() {
+            return Err(ConfigError::ZeroPurgeInterval);
+        }
+        crate::error::check_durations(&[("purge interval", interval)])?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        let task = runtime.spawn(async move {
+            let start = tokio::time::Instant::now() + interval;
+            let mut ticks = tokio::time::interval_at(start, interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(owner) = owner.upgrade() else { return };
+                match purge(owner).await {
+                    Ok(purged) => tracing::debug!(purged, what, "purged"),
+                    Err(error) => tracing::warn!(%error, what, "purge failed"),
+                }
+            }
+        });
+        Ok(Self { task })
+    }
 }
 
 impl Drop for PurgeTask {

@@ -23,6 +23,7 @@ use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVA
 use crate::invalidation::{
     ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
 };
+use crate::session::PurgeTask;
 
 /// What the subscription layers do when the store fails or times out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +196,15 @@ impl EntitlementsCore {
         }
     }
 
+    async fn purge_event_ids(&self) -> Result<u64, StoreError> {
+        let before = self
+            .clock
+            .now()
+            .checked_sub(super::EVENT_ID_RETENTION)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.with_timeout(self.store.purge_event_ids(before)).await
+    }
+
     fn stripe(&self, organization_id: &str) -> u64 {
         std::hash::BuildHasher::hash_one(&self.stripe_hasher, organization_id)
     }
@@ -336,6 +346,28 @@ impl Entitlements {
         if let Some(channel) = &core.channel {
             channel.publish(&Invalidation::Subscriptions(organization_id.to_owned()));
         }
+    }
+
+    /// Forgets the event ids the store applied longer ago than
+    /// [`EVENT_ID_RETENTION`](super::EVENT_ID_RETENTION) (30 days, longer
+    /// than any provider retries), on this cache's clock; returns how many.
+    pub async fn purge_event_ids(&self) -> Result<u64, StoreError> {
+        self.core.purge_event_ids().await
+    }
+
+    /// Starts a background task that calls
+    /// [`purge_event_ids`](Self::purge_event_ids) every `interval` (the
+    /// first time after one interval; failures are logged and retried at
+    /// the next). It stops when the returned [`PurgeTask`] is dropped, when
+    /// every clone of these `Entitlements` is gone, or when the runtime
+    /// shuts down. Needs a Tokio runtime.
+    pub fn spawn_purge(&self, interval: Duration) -> Result<PurgeTask, ConfigError> {
+        PurgeTask::spawn(
+            Arc::downgrade(&self.core),
+            interval,
+            "applied billing event ids",
+            |core: Arc<EntitlementsCore>| async move { core.purge_event_ids().await },
+        )
     }
 
     /// What the invalidation channel's listener has done so far; `None`
