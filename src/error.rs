@@ -60,6 +60,9 @@ pub enum ConfigError {
     /// The webhook secret is empty, so anyone could sign webhooks.
     #[error("the webhook secret must not be empty")]
     EmptyWebhookSecret,
+    /// No webhook secret was given, so no webhook could ever verify.
+    #[error("at least one webhook secret is required")]
+    NoWebhookSecret,
     /// An invalidation channel or a background task needs a Tokio runtime:
     /// build the layer inside one (for example in `#[tokio::main]`).
     #[error("an invalidation channel needs a Tokio runtime: build the layer inside one")]

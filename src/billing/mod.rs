@@ -28,6 +28,7 @@
 //! ```
 
 mod signature;
+pub mod stripe;
 
 use std::fmt;
 use std::time::SystemTime;
@@ -152,6 +153,12 @@ pub enum PayloadError {
     /// A field is longer than 128 characters.
     #[error("`{0}` is longer than 128 characters")]
     TooLong(&'static str),
+    /// A Stripe subscription has no items, so it names no plan.
+    #[error("the subscription has no items, so no plan")]
+    NoItems,
+    /// A Unix timestamp is too large to be a point in time.
+    #[error("`{0}` is not a representable Unix timestamp")]
+    Timestamp(&'static str),
 }
 
 /// Why a billing webhook was not applied. Nothing changed in any case.
@@ -164,18 +171,34 @@ pub enum WebhookError {
     /// The signed body is not a valid subscription change.
     #[error(transparent)]
     Payload(#[from] PayloadError),
-    /// The subscription store failed.
+    /// A Stripe subscription names no organization: nothing under the
+    /// metadata key, and no customer lookup or one that does not know the
+    /// customer. Stripe retries the event, so it is applied once the
+    /// application knows the customer.
+    #[error(
+        "no organization for Stripe subscription {subscription} (customer {customer}): set `metadata.{metadata_key}` on the subscription, or map the customer to an organization"
+    )]
+    OrganizationUnknown {
+        /// The Stripe customer id (`cus_…`).
+        customer: String,
+        /// The Stripe subscription id (`sub_…`).
+        subscription: String,
+        /// The metadata key the organization was looked for under.
+        metadata_key: String,
+    },
+    /// The subscription store (or the customer lookup) failed.
     #[error("could not store the subscription change")]
     Store(#[source] StoreError),
 }
 
 impl WebhookError {
-    /// The problem code: `invalid_signature`, `invalid_request` or
-    /// `store_unavailable`.
+    /// The problem code: `invalid_signature`, `invalid_request`,
+    /// `organization_unknown` or `store_unavailable`.
     pub fn code(&self) -> &'static str {
         match self {
             Self::Signature(_) => "invalid_signature",
             Self::Payload(_) => "invalid_request",
+            Self::OrganizationUnknown { .. } => "organization_unknown",
             Self::Store(_) => "store_unavailable",
         }
     }
@@ -185,15 +208,17 @@ impl WebhookError {
         match self {
             Self::Signature(_) => "Invalid signature",
             Self::Payload(_) => "Invalid request",
+            Self::OrganizationUnknown { .. } => "Organization unknown",
             Self::Store(_) => "Store unavailable",
         }
     }
 
-    /// The HTTP status to answer with: 401, 400 or 503.
+    /// The HTTP status to answer with: 401, 400, 422 or 503.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::Payload(_) => StatusCode::BAD_REQUEST,
+            Self::OrganizationUnknown { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -160,7 +160,6 @@ impl WebhookVerifier {
     /// is signed as `t=0`. The hex is lowercase, with a single `v1` entry.
     #[must_use]
     pub fn sign(&self, body: &[u8], timestamp: SystemTime) -> String {
-        const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
         let seconds = timestamp
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since_epoch| since_epoch.as_secs())
@@ -169,15 +168,7 @@ impl WebhookVerifier {
             .mac_for(seconds.as_bytes(), body)
             .finalize()
             .into_bytes();
-        let mut header = String::with_capacity(seconds.len() + 6 + 2 * tag.len());
-        header.push_str("t=");
-        header.push_str(&seconds);
-        header.push_str(",v1=");
-        for byte in tag {
-            header.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
-            header.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
-        }
-        header
+        format!("t={seconds},v1={}", lower_hex(&tag))
     }
 
     /// The MAC of `"<timestamp_digits>.<body>"`, ready to finalize or verify.
@@ -191,18 +182,7 @@ impl WebhookVerifier {
 
     /// Whether `timestamp` (Unix seconds) is at most `tolerance` from `now`.
     fn within_tolerance(&self, timestamp: u64, now: SystemTime) -> bool {
-        // Nanoseconds as i128: |u64 seconds × 10⁹| < 2⁹⁴, so nothing overflows,
-        // whatever `t` a client sends and even for a `now` before the epoch.
-        fn nanos(duration: Duration) -> i128 {
-            i128::try_from(duration.as_nanos())
-                .expect("a Duration holds fewer than 2^127 nanoseconds")
-        }
-        let signed_at = nanos(Duration::from_secs(timestamp));
-        let now = match now.duration_since(UNIX_EPOCH) {
-            Ok(since_epoch) => nanos(since_epoch),
-            Err(before_epoch) => -nanos(before_epoch.duration()),
-        };
-        (signed_at - now).unsigned_abs() <= self.tolerance.as_nanos()
+        within_tolerance(timestamp, now, self.tolerance)
     }
 }
 
@@ -215,15 +195,36 @@ impl fmt::Debug for WebhookVerifier {
     }
 }
 
+/// Whether `timestamp` (Unix seconds) is at most `tolerance` from `now`,
+/// in either direction.
+pub(super) fn within_tolerance(timestamp: u64, now: SystemTime, tolerance: Duration) -> bool {
+    // Nanoseconds as i128: |u64 seconds × 10⁹| < 2⁹⁴, so nothing overflows,
+    // whatever `t` a client sends and even for a `now` before the epoch.
+    fn nanos(duration: Duration) -> i128 {
+        i128::try_from(duration.as_nanos()).expect("a Duration holds fewer than 2^127 nanoseconds")
+    }
+    let signed_at = nanos(Duration::from_secs(timestamp));
+    let now = match now.duration_since(UNIX_EPOCH) {
+        Ok(since_epoch) => nanos(since_epoch),
+        Err(before_epoch) => -nanos(before_epoch.duration()),
+    };
+    (signed_at - now).unsigned_abs() <= tolerance.as_nanos()
+}
+
 /// Why a webhook signature was refused.
 ///
 /// Every kind answers `invalid_signature` (401); the kind says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignatureError {
-    /// The request carries no `webhook-signature` header.
-    #[error("the webhook-signature header is missing; the sender must sign every webhook")]
+    /// The request carries no signature header (`webhook-signature`, or
+    /// `Stripe-Signature` for Stripe).
+    #[error("the signature header is missing; the sender must sign every webhook")]
     Missing,
+    /// The header has more entries than the verifier accepts (a header
+    /// built to make verification expensive).
+    #[error("the signature header has too many entries")]
+    TooManyEntries,
     /// The header is not shaped `t=<unix seconds>,v1=<hex>`: no `t`, a `t`
     /// that is not unsigned decimal seconds or is given twice, or no `v1`
     /// entry that is hex.
@@ -244,9 +245,20 @@ pub enum SignatureError {
     Mismatch,
 }
 
+/// `bytes` as lowercase hex.
+pub(super) fn lower_hex(bytes: &[u8]) -> String {
+    const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(2 * bytes.len());
+    for &byte in bytes {
+        hex.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
+    }
+    hex
+}
+
 /// The `key=value` entries of a signature header, with surrounding ASCII
 /// whitespace trimmed; entries without `=` are skipped.
-fn entries(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub(super) fn entries(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     header.split(|&byte| byte == b',').filter_map(|entry| {
         let equals = entry.iter().position(|&byte| byte == b'=')?;
         let (key, value) = entry.split_at(equals);
@@ -264,7 +276,7 @@ pub(crate) fn signed_at(header: &[u8]) -> Result<SystemTime, SignatureError> {
         .ok_or(SignatureError::Malformed)
 }
 
-fn signed_timestamp(header: &[u8]) -> Result<(&[u8], u64), SignatureError> {
+pub(super) fn signed_timestamp(header: &[u8]) -> Result<(&[u8], u64), SignatureError> {
     let mut timestamps = entries(header).filter_map(|(key, value)| (key == b"t").then_some(value));
     let digits = timestamps.next().ok_or(SignatureError::Malformed)?;
     if timestamps.next().is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
