@@ -95,13 +95,34 @@ async fn connect_pool(url: &str) -> Result<SqlitePool, StoreError> {
             .connect_with(options)
             .await
     } else {
-        SqlitePoolOptions::new()
-            .connect_with(
-                options
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal),
-            )
-            .await
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+        // Switching a new file to WAL takes an exclusive lock that the busy
+        // timeout does not wait for: stores (or processes) opening one new
+        // file at once may see SQLITE_BUSY here. Retry for the busy timeout.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut wait = Duration::from_millis(10);
+        loop {
+            match SqlitePoolOptions::new().connect_with(options.clone()).await {
+                Err(error) if is_busy(&error) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                }
+                pool => break pool,
+            }
+        }
     };
     pool.map_err(StoreError::backend)
+}
+
+/// Whether SQLite answered SQLITE_BUSY (or one of its extended codes).
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => database
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == 5),
+        _ => false,
+    }
 }
