@@ -314,7 +314,8 @@ mod tests {
             }
         ));
         assert_eq!(
-            from_millis("created_at", 1_700_000_000_123).unwrap(),
+            from_millis("created_at", 1_700_000_000_123)
+                .expect("a positive millisecond count decodes"),
             UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
         );
         let far = UNIX_EPOCH + Duration::from_millis(u64::MAX / 2 + 1);
