@@ -491,11 +491,8 @@ impl SessionCore {
         let owned: Vec<SessionToken> = self
             .cache
             .iter()
-            .filter(|(_, data)| match owner {
-                SessionOwner::Organization(organization) => {
-                    data.organization_id.as_deref() == Some(organization)
-                }
-                SessionOwner::Subject(subject) => data.subject.as_deref() == Some(subject),
+            .filter(|(_, data)| {
+                owner.owns_session(data.organization_id.as_deref(), data.subject.as_deref())
             })
             .map(|(token, _)| *token)
             .collect();

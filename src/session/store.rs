@@ -56,11 +56,19 @@ pub enum SessionOwner<'a> {
 impl SessionOwner<'_> {
     /// Whether `record` belongs to this owner.
     pub fn owns(&self, record: &SessionRecord) -> bool {
+        self.owns_session(record.organization_id.as_deref(), record.subject.as_deref())
+    }
+
+    /// Whether a session of `organization_id` and `subject` belongs to
+    /// this owner.
+    pub(crate) fn owns_session(
+        &self,
+        organization_id: Option<&str>,
+        subject: Option<&str>,
+    ) -> bool {
         match *self {
-            Self::Organization(organization) => {
-                record.organization_id.as_deref() == Some(organization)
-            }
-            Self::Subject(subject) => record.subject.as_deref() == Some(subject),
+            Self::Organization(organization) => organization_id == Some(organization),
+            Self::Subject(wanted) => subject == Some(wanted),
         }
     }
 }
