@@ -29,6 +29,7 @@ fn no_flags_give_the_documented_defaults() {
     assert_eq!(config.session_store, None);
     assert_eq!(config.redis_prefix, "tsg:");
     assert_eq!(config.webhook_secret, None);
+    assert!(config.stripe_webhook_secrets.is_empty());
 }
 
 #[test]
@@ -78,6 +79,25 @@ fn webhook_secret_flag_is_kept_as_given_and_never_printed() {
 }
 
 #[test]
+fn stripe_webhook_secret_repeats_for_rotation_in_order_and_is_never_printed() {
+    let config = parsed_config(&[
+        "--stripe-webhook-secret",
+        "whsec_Old Secret",
+        "--stripe-webhook-secret=whsec_New Secret",
+    ]);
+    let secrets: Vec<&str> = config
+        .stripe_webhook_secrets
+        .iter()
+        .map(|secret| secret.expose())
+        .collect();
+    assert_eq!(secrets, ["whsec_Old Secret", "whsec_New Secret"]);
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("whsec_"), "{printed}");
+    // Independent of the simplified webhook's secret.
+    assert_eq!(config.webhook_secret, None);
+}
+
+#[test]
 fn help_flag_asks_for_usage_wherever_it_is() {
     for args in [
         vec!["--help"],
@@ -91,8 +111,16 @@ fn help_flag_asks_for_usage_wherever_it_is() {
 
 #[test]
 fn malformed_command_lines_are_errors_naming_the_problem() {
-    let cases: [(&[&str], &str); 15] = [
+    let cases: [(&[&str], &str); 17] = [
         (&["--verbose"], "--verbose"),
+        (
+            &["--stripe-webhook-secret"],
+            "--stripe-webhook-secret needs a value",
+        ),
+        (
+            &["--stripe-webhook-secret= "],
+            "--stripe-webhook-secret must not be empty",
+        ),
         (&["--webhook-secret"], "--webhook-secret needs a value"),
         (&["--webhook-secret="], "--webhook-secret must not be empty"),
         (
@@ -319,6 +347,7 @@ async fn binary_prints_usage_on_help_and_exits_0() {
         "--store",
         "--session-store",
         "--webhook-secret",
+        "--stripe-webhook-secret",
     ] {
         assert!(stdout.contains(flag), "usage mentions {flag}: {stdout}");
     }

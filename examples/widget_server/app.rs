@@ -13,6 +13,7 @@ use axum::middleware::map_response;
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
+use tower_saas_guard::billing::stripe::{StripeVerifier, StripeWebhook};
 use tower_saas_guard::billing::{BillingWebhook, WebhookVerifier};
 use tower_saas_guard::rejection::DefaultResponder;
 use tower_saas_guard::session::{
@@ -26,7 +27,7 @@ use tower_saas_guard::{Clock, ErrorCode, Rejection, RejectionResponder, RequestH
 
 use super::backends;
 use super::cli::Config;
-use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS};
+use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS, MAX_WEBHOOK_BODY_BYTES};
 use super::routes::{billing, method_not_allowed, operator, route_not_found, visitor};
 use super::storage::AppStore;
 
@@ -99,6 +100,17 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         ),
         None => None,
     };
+    let stripe_verifier = if config.stripe_webhook_secrets.is_empty() {
+        None
+    } else {
+        let secrets = config
+            .stripe_webhook_secrets
+            .iter()
+            .map(|secret| secret.expose());
+        Some(StripeVerifier::try_new(secrets).map_err(|error| {
+            StartError::Usage(format!("invalid --stripe-webhook-secret: {error}"))
+        })?)
+    };
 
     let backends = backends::open(config, EXPIRED_RETENTION)
         .await
@@ -134,6 +146,9 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         .map_err(|error| StartError::Usage(format!("invalid subscription settings: {error}")))?;
     let policy = EntitlementPolicy::new();
     let billing = verifier.map(|verifier| BillingWebhook::new(verifier, entitlements.clone()));
+    // Stripe puts the organization in the subscription's
+    // `metadata.organization_id` (set when the checkout creates it).
+    let stripe = stripe_verifier.map(|verifier| StripeWebhook::new(verifier, entitlements.clone()));
 
     // The visitor's organization is its session's (`FromSession`, the
     // default): the soft layer sits inside the session layer.
@@ -164,6 +179,7 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         entitlements,
         policy,
         billing,
+        stripe,
         _purge: Arc::new([purge, purge_event_ids]),
     };
 
@@ -246,7 +262,17 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
             delete(operator::revoke_contact_session).route_layer(operator),
         )
         // Billing: no session, no organization; the signature is the check.
-        .route("/billing/webhook", post(billing::billing_webhook))
+        // Both read the raw body (the signature covers it) up to 1 MiB.
+        .route(
+            "/billing/webhook",
+            post(billing::billing_webhook)
+                .route_layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
+        )
+        .route(
+            "/billing/stripe",
+            post(billing::stripe_webhook)
+                .route_layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
+        )
         .fallback(route_not_found)
         // After the routes: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)
@@ -314,6 +340,8 @@ pub(crate) struct AppState {
     pub(crate) policy: EntitlementPolicy,
     /// `None` without `--webhook-secret`.
     pub(crate) billing: Option<BillingWebhook>,
+    /// `None` without `--stripe-webhook-secret`.
+    pub(crate) stripe: Option<StripeWebhook>,
     /// Purge expired sessions and old billing event ids for as long as the
     /// router lives.
     _purge: Arc<[PurgeTask; 2]>,

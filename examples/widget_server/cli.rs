@@ -32,6 +32,11 @@ Flags (`--flag value` or `--flag=value`):
   --webhook-secret SECRET      the secret billing webhooks are signed with;
                                without it POST /billing/webhook answers 503
                                webhook_not_configured
+  --stripe-webhook-secret SECRET
+                               a Stripe endpoint's signing secret (whsec_…);
+                               repeat it while rotating. Without any,
+                               POST /billing/stripe answers 503
+                               webhook_not_configured
   -h, --help                   print this help and exit
 
 Durations use humantime syntax: 500ms, 10s, 4h, 30d.
@@ -165,9 +170,13 @@ pub struct Config {
     /// The secret billing webhooks are signed with; `None` disables
     /// `POST /billing/webhook` (503 `webhook_not_configured`).
     pub webhook_secret: Option<WebhookSecret>,
+    /// The signing secrets of the Stripe endpoint (several while one is
+    /// being rotated); empty disables `POST /billing/stripe` (503
+    /// `webhook_not_configured`).
+    pub stripe_webhook_secrets: Vec<WebhookSecret>,
 }
 
-/// The secret a billing webhook's signature is keyed with. `Debug` never
+/// A secret a billing webhook's signature is keyed with. `Debug` never
 /// prints it, so a logged `Config` leaks nothing.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSecret(String);
@@ -203,6 +212,7 @@ impl Default for Config {
             session_store: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             webhook_secret: None,
+            stripe_webhook_secrets: Vec::new(),
         }
     }
 }
@@ -213,7 +223,7 @@ pub enum ParsedArgs {
     /// `--help`: print the usage and exit.
     Help,
     /// Run the server with these settings.
-    Run(Config),
+    Run(Box<Config>),
 }
 
 /// Parses the command line (without the program name).
@@ -275,13 +285,20 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, 
                 }
                 config.webhook_secret = Some(WebhookSecret(secret));
             }
+            "--stripe-webhook-secret" => {
+                let secret = value()?;
+                if secret.trim().is_empty() {
+                    return Err("--stripe-webhook-secret must not be empty".to_owned());
+                }
+                config.stripe_webhook_secrets.push(WebhookSecret(secret));
+            }
             unknown if unknown.starts_with("--") => {
                 return Err(format!("unknown flag `{unknown}`"))
             }
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
-    Ok(ParsedArgs::Run(config))
+    Ok(ParsedArgs::Run(Box::new(config)))
 }
 
 fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {

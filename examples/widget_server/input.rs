@@ -21,6 +21,10 @@ pub(crate) const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// control character in six bytes. Anything past this is a 400.
 pub(crate) const MAX_FILE_BODY_BYTES: usize = 6 * MAX_FILE_BYTES + 64 * 1024;
 
+/// A billing webhook's body, signed and read whole (1 MiB); a larger one
+/// is 413 `payload_too_large` before anything is verified.
+pub(crate) const MAX_WEBHOOK_BODY_BYTES: usize = 1024 * 1024;
+
 /// `value` trimmed; 400 when that is empty, or when `value` as sent is
 /// longer than `max_chars` characters.
 pub(crate) fn required_text(

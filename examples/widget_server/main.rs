@@ -20,7 +20,12 @@
 //! `webhook_not_configured`). The signature is checked on the raw body
 //! before it is parsed; a valid webhook applies the subscription change, keyed by
 //! organization and subscription id, and takes effect on the very next
-//! request. (A command line is visible to other users of the machine: a
+//! request. Stripe itself posts its events to `POST /billing/stripe`
+//! (enabled by `--stripe-webhook-secret`, repeated while a secret is
+//! rolled), with the organization in the subscription's
+//! `metadata.organization_id`. Both are ordered by the time the change was
+//! made and deduplicated by event id, so a retried or late older event
+//! answers `applied: false` and changes nothing. (A command line is visible to other users of the machine: a
 //! real deployment would read the secret from its environment.)
 //!
 //! # What a subscription buys
@@ -109,7 +114,8 @@
 //! | `GET /operator/contact-sessions` (paginated) | none | header |
 //! | `DELETE /operator/contact-sessions/{session_ref}` (204) | none | header |
 //! | `DELETE /operator/contact-sessions` (`{revoked}`) | none | header |
-//! | `POST /billing/webhook` | none | signature |
+//! | `POST /billing/webhook` | none | signature (`webhook-signature`) |
+//! | `POST /billing/stripe` | none | signature (`Stripe-Signature`) |
 //!
 //! Listings are oldest first: `?limit=` (default 50, at most 200) and
 //! `?cursor=` (the previous page's `next_cursor`, `null` on the last page);
@@ -171,7 +177,7 @@ pub use cli::{parse_args, Config, ParsedArgs, StoreUrl};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match parse_args(std::env::args().skip(1)) {
-        Ok(ParsedArgs::Run(config)) => config,
+        Ok(ParsedArgs::Run(config)) => *config,
         Ok(ParsedArgs::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

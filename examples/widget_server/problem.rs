@@ -4,6 +4,7 @@
 use std::fmt;
 
 use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -66,15 +67,31 @@ impl ApiError {
         Self::store_unavailable("application", &error)
     }
 
-    pub(crate) fn webhook_not_configured() -> Self {
+    /// The route's webhook has no secret: `flag` names the one to set.
+    pub(crate) fn webhook_not_configured(flag: &str) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "webhook_not_configured",
             title: "Webhook not configured",
-            detail: "This server has no webhook secret (--webhook-secret), so it cannot \
-                     verify billing webhooks."
-                .to_owned(),
+            detail: format!(
+                "This server has no webhook secret ({flag}), so it cannot verify these \
+                 billing webhooks."
+            ),
         }
+    }
+
+    /// A body the route could not read whole: too large (413
+    /// `payload_too_large`, with the limit) or cut short (400).
+    pub(crate) fn unreadable_body(rejection: &BytesRejection, limit: usize) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "payload_too_large",
+                title: "Payload too large",
+                detail: format!("The body must be at most {limit} bytes."),
+            };
+        }
+        Self::invalid_request(rejection.body_text())
     }
 
     /// A refused webhook, with the library's code and status (nothing was
@@ -84,15 +101,10 @@ impl ApiError {
             return Self::store_unavailable("subscription", &error);
         }
         eprintln!("widget_server: billing webhook refused: {error}");
-        let title = match error.code() {
-            "invalid_signature" => "Invalid signature",
-            "invalid_request" => "Invalid request",
-            _ => "Webhook refused",
-        };
         Self {
             status: error.status(),
             code: error.code(),
-            title,
+            title: error.title(),
             detail: error.to_string(),
         }
     }

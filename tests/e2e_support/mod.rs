@@ -27,6 +27,7 @@ pub use serde_json::{json, Value};
 pub use tokio::io::{AsyncBufReadExt, BufReader};
 pub use tokio::net::TcpListener;
 pub use tokio::process::{Child, ChildStdout, Command};
+pub use tower_saas_guard::billing::stripe::StripeVerifier;
 pub use tower_saas_guard::billing::WebhookVerifier;
 pub use tower_saas_guard::session::SessionToken;
 pub use tower_saas_guard::{rfc3339_millis, unix_millis, Clock, ManualClock};
@@ -334,6 +335,20 @@ impl Api {
         }
         send(request).await
     }
+
+    /// `POST /billing/stripe` with `body` as is and a `Stripe-Signature`,
+    /// if any.
+    pub async fn post_stripe(&self, body: &str, signature: Option<&str>) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}/billing/stripe", self.base))
+            .header("content-type", "application/json; charset=utf-8")
+            .body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("stripe-signature", signature);
+        }
+        send(request).await
+    }
 }
 
 /// The `session_ref` operators see for `token`: its id, the hex of its
@@ -406,6 +421,14 @@ pub fn event_until(
 /// The `webhook-signature` a sender holding `secret` sends for `body` at `at`.
 pub fn signature(secret: &str, body: &str, at: SystemTime) -> String {
     WebhookVerifier::new(secret).sign(body.as_bytes(), at)
+}
+
+/// The `Stripe-Signature` Stripe sends for `body` at `at` when the
+/// endpoint's secret is `secret`.
+pub fn stripe_signature(secret: &str, body: &str, at: SystemTime) -> String {
+    StripeVerifier::try_new([secret])
+        .expect("a non-empty secret")
+        .sign(body.as_bytes(), at)
 }
 
 impl Reply {
@@ -530,7 +553,7 @@ impl Server {
 
 pub fn parsed_config(args: &[&str]) -> Config {
     match parse_args(args.iter().map(|arg| (*arg).to_owned())) {
-        Ok(ParsedArgs::Run(config)) => config,
+        Ok(ParsedArgs::Run(config)) => *config,
         other => panic!("{args:?} should parse to a config, got {other:?}"),
     }
 }
