@@ -15,7 +15,7 @@ use tower_service::Service;
 use crate::body::GuardBody;
 use crate::rejection::{Rejection, RejectionResponder};
 use crate::request::RequestHead;
-use crate::session::{Session, SESSION_EXPIRES_AT};
+use crate::session::{Session, SessionEnded, SESSION_EXPIRES_AT};
 use crate::subscription::Entitlement;
 
 /// What a layer learned about an admitted request, to put into its
@@ -165,13 +165,15 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future, decoration } => {
                     let mut response = ready!(future.poll(cx))?;
-                    let headers = response.headers_mut();
                     if let Some(value) = decoration.expires_header.take() {
-                        headers.insert(SESSION_EXPIRES_AT, value);
+                        // A logout's response announces no expiry.
+                        if response.extensions().get::<SessionEnded>().is_none() {
+                            response.headers_mut().insert(SESSION_EXPIRES_AT, value);
+                        }
                     }
                     if let Some(renewal) = decoration.renewal_header.take() {
                         let (name, value) = *renewal;
-                        headers.append(name, value);
+                        response.headers_mut().append(name, value);
                     }
                     return Poll::Ready(Ok(response.map(GuardBody::inner)));
                 }

@@ -88,6 +88,10 @@ pub use crate::rejection::{
     grpc_response, problem_json, problem_response, ErrorCode, Rejection, RejectionResponder,
 };
 pub use crate::request::RequestHead;
+/// The attribute [`SessionStore`](session::SessionStore) and
+/// [`SubscriptionStore`](subscription::SubscriptionStore) are declared
+/// with: put it on your `impl` of either (see "Write your own store").
+pub use async_trait::async_trait;
 
 #[cfg(feature = "axum")]
 pub use crate::axum::MissingExtension;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::request::RequestHead;
@@ -30,6 +30,10 @@ pub enum ErrorCode {
     SubscriptionRequired,
     /// A store failed or did not answer in time.
     StoreUnavailable,
+    /// The layers are wired wrongly for this route (a server bug, such as a
+    /// subscription layer that reads the organization from the session
+    /// placed outside the session layer). The detail says how to fix it.
+    Misconfigured,
 }
 
 impl ErrorCode {
@@ -43,6 +47,7 @@ impl ErrorCode {
             Self::OrganizationMissing => "organization_missing",
             Self::SubscriptionRequired => "subscription_required",
             Self::StoreUnavailable => "store_unavailable",
+            Self::Misconfigured => "server_misconfigured",
         }
     }
 
@@ -56,6 +61,7 @@ impl ErrorCode {
             | Self::OrganizationMissing => StatusCode::UNAUTHORIZED,
             Self::SubscriptionRequired => StatusCode::FORBIDDEN,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -69,6 +75,7 @@ impl ErrorCode {
             | Self::OrganizationMissing => 16,
             Self::SubscriptionRequired => 7,
             Self::StoreUnavailable => 14,
+            Self::Misconfigured => 13,
         }
     }
 
@@ -82,6 +89,7 @@ impl ErrorCode {
             Self::OrganizationMissing => "Organization missing",
             Self::SubscriptionRequired => "Subscription required",
             Self::StoreUnavailable => "Store unavailable",
+            Self::Misconfigured => "Server misconfigured",
         }
     }
 
@@ -98,6 +106,7 @@ impl ErrorCode {
             Self::StoreUnavailable => {
                 "The session or subscription store is unavailable; retry later."
             }
+            Self::Misconfigured => "The server's middleware is misconfigured for this route.",
         }
     }
 }
@@ -108,11 +117,15 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The `WWW-Authenticate` challenge of a 401 whose layer did not name one.
+pub const DEFAULT_CHALLENGE: HeaderValue = HeaderValue::from_static("Session");
+
 /// A refusal decided by a layer, before it becomes a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     code: ErrorCode,
     detail: Cow<'static, str>,
+    challenge: Option<HeaderValue>,
 }
 
 impl Rejection {
@@ -121,6 +134,7 @@ impl Rejection {
         Self {
             code,
             detail: Cow::Borrowed(code.default_detail()),
+            challenge: None,
         }
     }
 
@@ -129,6 +143,20 @@ impl Rejection {
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
         self.detail = detail.into();
         self
+    }
+
+    /// Sets the `WWW-Authenticate` challenge a 401 answer carries (the
+    /// session layer sets its token source's, such as `Bearer` or
+    /// `Session header="x-session-id"`).
+    #[must_use]
+    pub fn with_challenge(mut self, challenge: HeaderValue) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    /// The challenge set with [`with_challenge`](Self::with_challenge).
+    pub fn challenge(&self) -> Option<&HeaderValue> {
+        self.challenge.as_ref()
     }
 
     /// The machine-readable code.
@@ -167,7 +195,9 @@ impl<T: RejectionResponder + ?Sized> RejectionResponder for Arc<T> {
 }
 
 /// The default rejection builder: gRPC trailers-only responses for gRPC
-/// callers, RFC 9457 problem+json for everyone else; `Retry-After` on 503.
+/// callers ([`grpc_response`]), RFC 9457 problem+json for everyone else
+/// ([`problem_response`]: `WWW-Authenticate` on 401s), `Cache-Control:
+/// no-store` on both; `Retry-After` on 503.
 #[derive(Debug, Clone, Copy)]
 #[must_use]
 pub struct DefaultResponder {
@@ -213,14 +243,34 @@ impl RejectionResponder for DefaultResponder {
     }
 }
 
-/// An RFC 9457 problem+json response for `rejection`.
+/// An RFC 9457 problem+json response for `rejection`, with
+/// `Cache-Control: no-store` and, on a 401, `WWW-Authenticate`: the
+/// rejection's [challenge](Rejection::challenge), else
+/// [`DEFAULT_CHALLENGE`] (RFC 9110 asks every 401 for one).
+///
+/// ```
+/// use tower_saas_guard::{problem_response, ErrorCode, Rejection};
+///
+/// let response = problem_response(&Rejection::new(ErrorCode::SessionExpired));
+/// assert_eq!(response.status(), 401);
+/// assert_eq!(response.headers()["www-authenticate"], "Session");
+/// assert_eq!(response.headers()["cache-control"], "no-store");
+/// ```
 pub fn problem_response(rejection: &Rejection) -> Response<Bytes> {
-    problem_json(
-        rejection.code().http_status(),
+    let status = rejection.code().http_status();
+    let mut response = problem_json(
+        status,
         rejection.code().as_str(),
         rejection.code().title(),
         rejection.detail(),
-    )
+    );
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = rejection.challenge().cloned().unwrap_or(DEFAULT_CHALLENGE);
+        headers.insert(WWW_AUTHENTICATE, challenge);
+    }
+    response
 }
 
 /// An RFC 9457 `application/problem+json` response with a `code` member.
@@ -258,13 +308,14 @@ pub fn problem_json(status: StatusCode, code: &str, title: &str, detail: &str) -
 }
 
 /// A gRPC trailers-only response for `rejection`: HTTP 200,
-/// `content-type: application/grpc`, `grpc-status` and a percent-encoded
-/// `grpc-message` (`<code>: <detail>`).
+/// `content-type: application/grpc`, `grpc-status`, a percent-encoded
+/// `grpc-message` (`<code>: <detail>`) and `Cache-Control: no-store`.
 pub fn grpc_response(rejection: &Rejection) -> Response<Bytes> {
     let message = format!("{}: {}", rejection.code().as_str(), rejection.detail());
     let mut response = Response::new(Bytes::new());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         "grpc-status",
         HeaderValue::from(rejection.code().grpc_status()),
@@ -298,6 +349,7 @@ mod tests {
 
     fn respond(code: ErrorCode, content_type: Option<&str>) -> Response<Bytes> {
         let mut request = Request::new(());
+        *request.method_mut() = http::Method::POST;
         if let Some(content_type) = content_type {
             request.headers_mut().insert(
                 CONTENT_TYPE,
@@ -317,6 +369,7 @@ mod tests {
             (ErrorCode::OrganizationMissing, 401, 16),
             (ErrorCode::SubscriptionRequired, 403, 7),
             (ErrorCode::StoreUnavailable, 503, 14),
+            (ErrorCode::Misconfigured, 500, 13),
         ];
         for (code, http, grpc) in table {
             let response = respond(code, Some("application/json"));
@@ -335,11 +388,20 @@ mod tests {
                 response.headers().contains_key(RETRY_AFTER),
                 code == ErrorCode::StoreUnavailable
             );
+            assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{code}");
+            assert_eq!(
+                response.headers().get(WWW_AUTHENTICATE),
+                (http == 401).then_some(&DEFAULT_CHALLENGE),
+                "{code}"
+            );
 
             let response = respond(code, Some("application/grpc+proto"));
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
             assert_eq!(response.headers()["grpc-status"], grpc.to_string().as_str());
+            assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{code}");
+            assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
+            assert!(!response.headers().contains_key(RETRY_AFTER));
             assert!(response.body().is_empty());
         }
     }
@@ -352,6 +414,44 @@ mod tests {
         );
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
+    }
+
+    #[test]
+    fn a_401_carries_the_rejections_challenge() {
+        let rejection = Rejection::new(ErrorCode::SessionNotFound)
+            .with_challenge(HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        let response = problem_response(&rejection);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        // Only 401s challenge, whatever the rejection carries.
+        let forbidden = Rejection::new(ErrorCode::SubscriptionRequired)
+            .with_challenge(HeaderValue::from_static("Bearer"));
+        assert!(!problem_response(&forbidden)
+            .headers()
+            .contains_key(WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn a_get_claiming_grpc_gets_an_http_401_not_a_200() {
+        for content_type in ["application/grpc", "application/grpcfoo"] {
+            let mut request = Request::new(());
+            request.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_str(content_type).expect("valid header"),
+            );
+            let response = DefaultResponder::new().respond(
+                &Rejection::new(ErrorCode::SessionMissing),
+                &RequestHead::of(&request),
+            );
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{content_type}"
+            );
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
+        }
     }
 
     #[test]

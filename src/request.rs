@@ -56,26 +56,77 @@ impl<'a> RequestHead<'a> {
         self.extensions
     }
 
-    /// Whether this is a gRPC call: `content-type` starts with
-    /// `application/grpc` but is not gRPC-Web.
+    /// Whether this is a gRPC call (SPEC §6): a `POST` whose `content-type`
+    /// is `application/grpc`, `application/grpc+<subtype>` or
+    /// `application/grpc;<parameters>` (case-insensitive). Anything else,
+    /// gRPC-Web and `application/grpcfoo` included, gets HTTP answers, so
+    /// a client cannot turn a 401 into a `200 OK` by claiming gRPC.
     pub fn is_grpc(&self) -> bool {
-        is_grpc(self.headers)
+        is_grpc(self.method, self.headers)
     }
 }
 
-/// Whether `headers` mark a gRPC call (not gRPC-Web).
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .map(|value| {
-            // Media types are case-insensitive.
-            let starts = |prefix: &[u8]| {
-                value
-                    .as_bytes()
-                    .get(..prefix.len())
-                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-            };
-            starts(b"application/grpc") && !starts(b"application/grpc-web")
-        })
-        .unwrap_or(false)
+/// Whether a request with `method` and `headers` is a gRPC call.
+fn is_grpc(method: &Method, headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    if method != Method::POST {
+        return false;
+    }
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    match value.get(..GRPC.len()) {
+        Some(head) if head.eq_ignore_ascii_case(GRPC) => {
+            matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request};
+
+    use super::RequestHead;
+
+    fn grpc(method: Method, content_type: Option<&str>) -> bool {
+        let mut request = Request::builder().method(method);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let request = request.body(()).expect("a valid request");
+        RequestHead::of(&request).is_grpc()
+    }
+
+    #[test]
+    fn only_a_post_with_a_grpc_content_type_is_grpc() {
+        for content_type in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc+json",
+            "application/grpc;charset=utf-8",
+            "Application/GRPC+proto",
+        ] {
+            assert!(grpc(Method::POST, Some(content_type)), "{content_type}");
+            for method in [Method::GET, Method::PUT, Method::DELETE, Method::OPTIONS] {
+                assert!(
+                    !grpc(method.clone(), Some(content_type)),
+                    "{method} {content_type}"
+                );
+            }
+        }
+        for content_type in [
+            "application/grpcfoo",
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpc-web-text",
+            "application/json",
+            "application/gr",
+            "",
+        ] {
+            assert!(!grpc(Method::POST, Some(content_type)), "{content_type:?}");
+        }
+        assert!(!grpc(Method::POST, None));
+    }
 }

@@ -30,6 +30,27 @@ fn no_flags_give_the_documented_defaults() {
     assert_eq!(config.redis_prefix, "tsg:");
     assert_eq!(config.webhook_secret, None);
     assert!(config.stripe_webhook_secrets.is_empty());
+    assert!(config.cors_origins.is_empty(), "any origin by default");
+}
+
+#[test]
+fn cors_origin_repeats_and_star_allows_any() {
+    let config = parsed_config(&[
+        "--cors-origin",
+        "https://shop.example",
+        "--cors-origin=http://localhost:8080",
+    ]);
+    assert_eq!(
+        config.cors_origins,
+        ["https://shop.example", "http://localhost:8080"]
+    );
+    let config = parsed_config(&[
+        "--cors-origin",
+        "https://shop.example",
+        "--cors-origin",
+        "*",
+    ]);
+    assert!(config.cors_origins.is_empty());
 }
 
 #[test]
@@ -111,7 +132,13 @@ fn help_flag_asks_for_usage_wherever_it_is() {
 
 #[test]
 fn malformed_command_lines_are_errors_naming_the_problem() {
-    let cases: [(&[&str], &str); 17] = [
+    let cases: [(&[&str], &str); 20] = [
+        (&["--cors-origin", "shop.example"], "--cors-origin"),
+        (
+            &["--cors-origin", "https://shop.example/widget"],
+            "--cors-origin",
+        ),
+        (&["--cors-origin", "ftp://shop.example"], "--cors-origin"),
         (&["--verbose"], "--verbose"),
         (
             &["--stripe-webhook-secret"],
@@ -348,6 +375,7 @@ async fn binary_prints_usage_on_help_and_exits_0() {
         "--session-store",
         "--webhook-secret",
         "--stripe-webhook-secret",
+        "--cors-origin",
     ] {
         assert!(stdout.contains(flag), "usage mentions {flag}: {stdout}");
     }

@@ -149,6 +149,8 @@ fn assert_rejected(answer: &Answer, code: &str) {
         !answer.headers.contains_key(SESSION_EXPIRES_AT),
         "a rejection never carries x-session-expires-at"
     );
+    assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+    assert!(answer.headers.contains_key(header::WWW_AUTHENTICATE));
 }
 
 fn expires_header(answer: &Answer) -> String {
@@ -796,13 +798,16 @@ async fn grpc_callers_get_trailers_only_unauthenticated() {
     let stranger = SessionToken::generate().expect("os randomness");
     let requests = [
         Request::builder()
+            .method("POST")
             .header("content-type", "application/grpc")
             .body(()),
         Request::builder()
+            .method("POST")
             .header("content-type", "application/grpc+proto")
             .header("x-session-id", "garbage")
             .body(()),
         Request::builder()
+            .method("POST")
             .header("content-type", "application/grpc")
             .header("x-session-id", stranger.to_string())
             .body(()),
@@ -818,11 +823,145 @@ async fn grpc_callers_get_trailers_only_unauthenticated() {
 }
 
 #[tokio::test]
+async fn a_get_claiming_grpc_is_answered_over_http_not_with_a_200() {
+    let fixture = Fixture::new();
+    let service = echo_service(fixture.layer.clone());
+    for content_type in [
+        "application/grpc",
+        "application/grpc+proto",
+        "application/grpcfoo",
+    ] {
+        let request = Request::builder()
+            .header("content-type", content_type)
+            .body(())
+            .expect("valid request");
+        assert_rejected(&send(&service, request).await, "session_missing");
+    }
+    // A POST with a content type that merely starts like gRPC's, too.
+    let request = Request::builder()
+        .method("POST")
+        .header("content-type", "application/grpcfoo")
+        .body(())
+        .expect("valid request");
+    assert_rejected(&send(&service, request).await, "session_missing");
+}
+
+#[tokio::test]
+async fn every_401_challenges_with_where_its_source_reads_the_token() {
+    let fixture = Fixture::new();
+    let stranger = SessionToken::generate().expect("os randomness");
+    let cases: [(SessionRefreshLayer, &str, String, [&str; 3]); 3] = [
+        (
+            fixture.layer.clone(),
+            "x-session-id",
+            stranger.to_string(),
+            [r#"Session header="x-session-id""#; 3],
+        ),
+        (
+            fixture.layer.clone().token_source(BearerSource),
+            "authorization",
+            format!("Bearer {stranger}"),
+            [
+                "Bearer",
+                r#"Bearer error="invalid_token""#,
+                r#"Bearer error="invalid_token""#,
+            ],
+        ),
+        (
+            fixture.layer.clone().token_source(CookieSource::new("sid")),
+            "cookie",
+            format!("sid={stranger}"),
+            [r#"Session cookie="sid""#; 3],
+        ),
+    ];
+    for (layer, name, unknown, [missing, malformed, not_found]) in cases {
+        let service = echo_service(layer);
+        let challenge = |answer: &Answer| answer.headers[header::WWW_AUTHENTICATE].clone();
+        let answer = send(&service, Request::new(())).await;
+        assert_rejected(&answer, "session_missing");
+        assert_eq!(challenge(&answer), missing, "{name}");
+        let garbage = if name == "authorization" {
+            "Bearer x"
+        } else {
+            "sid=x"
+        };
+        let garbage = if name == "x-session-id" { "x" } else { garbage };
+        let request = Request::builder().header(name, garbage).body(());
+        let answer = send(&service, request.expect("valid request")).await;
+        assert_rejected(&answer, "session_invalid");
+        assert_eq!(challenge(&answer), malformed, "{name}");
+        // Decided after a store read, on the other path through the layer.
+        let request = Request::builder().header(name, unknown).body(());
+        let answer = send(&service, request.expect("valid request")).await;
+        assert_rejected(&answer, "session_not_found");
+        assert_eq!(challenge(&answer), not_found, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_logout_marked_session_ended_carries_no_expiry_and_clears_the_cookie() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let other = fixture.create().await;
+    let cookies = CookieSource::new("sid");
+    let handle = fixture.layer.handle();
+    let logout = service_fn(move |request: Request<()>| {
+        let handle = handle.clone();
+        let cookies = cookies.clone();
+        async move {
+            let session = request
+                .extensions()
+                .get::<Session>()
+                .cloned()
+                .expect("the layer put the session there");
+            let (existed, ended) = handle.logout(&session).await.expect("memory store");
+            let mut response = Response::new(json!({ "existed": existed }).to_string());
+            response.extensions_mut().insert(ended);
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, cookies.clear_cookie());
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let service: Echo = tower::util::BoxCloneSyncService::new(
+        fixture
+            .layer
+            .validate_only()
+            .token_source(CookieSource::new("sid"))
+            .layer(logout),
+    );
+    let request = |token: &SessionToken| {
+        Request::builder()
+            .header("cookie", format!("sid={token}"))
+            .body(())
+            .expect("valid request")
+    };
+    let answer = send(&service, request(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["existed"], true);
+    assert!(
+        !answer.headers.contains_key(SESSION_EXPIRES_AT),
+        "{:?}",
+        answer.headers
+    );
+    assert_eq!(
+        answer.headers[header::SET_COOKIE],
+        "sid=; Max-Age=0; Path=/; HttpOnly; Secure; SameSite=Lax"
+    );
+    assert_rejected(&send(&service, request(&token)).await, "session_not_found");
+    // Only that session ended; a response without the marker keeps the header.
+    let answer = send(&echo_service(fixture.layer.clone()), with_token(&other)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.headers.contains_key(SESSION_EXPIRES_AT));
+}
+
+#[tokio::test]
 async fn grpc_responses_carry_the_expiry_as_response_metadata() {
     let fixture = Fixture::new();
     let token = fixture.create().await;
     let service = echo_service(fixture.layer.clone());
     let request = Request::builder()
+        .method("POST")
         .header("content-type", "application/grpc")
         .header("x-session-id", token.to_string())
         .body(())
@@ -846,6 +985,7 @@ async fn failing_store_is_store_unavailable_with_retry_after() {
     assert_eq!(answer.headers[header::RETRY_AFTER], "1");
 
     let mut grpc = with_token(&token);
+    *grpc.method_mut() = Method::POST;
     grpc.headers_mut().insert(
         "content-type",
         http::HeaderValue::from_static("application/grpc"),

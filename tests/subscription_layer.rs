@@ -580,6 +580,7 @@ async fn grpc_callers_get_permission_denied_and_unavailable() {
     let service = echo(fixture.require());
     let grpc = |organization: &str| {
         Request::builder()
+            .method("POST")
             .header("content-type", "application/grpc")
             .header("x-organization-id", organization)
             .body(())
@@ -595,6 +596,7 @@ async fn grpc_callers_get_permission_denied_and_unavailable() {
     assert_eq!(unavailable.headers["grpc-status"], "14");
 
     let missing = Request::builder()
+        .method("POST")
         .header("content-type", "application/grpc")
         .body(())
         .expect("valid request");

@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderName;
-use axum::middleware::map_response;
-use axum::response::Response;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_saas_guard::billing::stripe::{StripeVerifier, StripeWebhook};
 use tower_saas_guard::billing::{BillingWebhook, WebhookVerifier};
 use tower_saas_guard::rejection::DefaultResponder;
@@ -183,8 +183,10 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         _purge: Arc::new([purge, purge_event_ids]),
     };
 
-    Ok(Router::new()
-        // Visitor (widget) side.
+    // Visitor (widget) side: called by a widget embedded in other sites,
+    // so behind CORS (outermost: preflights are answered before any
+    // session check, and rejections carry the CORS headers too).
+    let visitor_routes = Router::new()
         .route("/contact-sessions", post(visitor::create_contact_session))
         .route(
             "/contact-sessions/current",
@@ -192,11 +194,7 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         )
         .route(
             "/contact-sessions/current",
-            // Outside the session layer: the logout's answer carries no
-            // expiry, as the session it would name is gone.
-            delete(visitor::logout)
-                .route_layer(validate_only.clone())
-                .route_layer(map_response(without_session_expiry)),
+            delete(visitor::logout).route_layer(validate_only.clone()),
         )
         .route(
             "/conversations",
@@ -214,7 +212,11 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
                 .route_layer(visitor_entitlement)
                 .route_layer(renewing),
         )
-        // Operator (dashboard) side.
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors(&config.cors_origins));
+
+    Ok(Router::new()
+        // Operator (dashboard) side: same-origin, no CORS.
         .route(
             "/operator/subscription",
             get(operator::operator_subscription).route_layer(operator.clone()),
@@ -273,10 +275,30 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
             post(billing::stripe_webhook)
                 .route_layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
         )
-        .fallback(route_not_found)
         // After the routes: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)
+        .merge(visitor_routes)
+        .fallback(route_not_found)
         .with_state(state))
+}
+
+/// CORS for the visitor routes (SPEC §5): preflights from `origins` (any
+/// origin when empty, `--cors-origin *`) are answered for the methods the
+/// widget uses, with the `x-session-id` and `content-type` request headers;
+/// responses expose `x-session-expires-at` so the widget can read it. No
+/// credentials: the token travels in a header, not a cookie.
+fn cors(origins: &[HeaderValue]) -> CorsLayer {
+    let allowed = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([HeaderName::from_static("x-session-id"), CONTENT_TYPE])
+        .expose_headers([SESSION_EXPIRES_AT])
+        .max_age(Duration::from_secs(600))
 }
 
 /// The organization an operator acts for: the `x-organization-id` header
@@ -315,12 +337,6 @@ pub(crate) fn operator_rejection(
         _ => rejection.clone(),
     };
     DefaultResponder::new().respond(&rejection, head)
-}
-
-/// Takes `x-session-expires-at` off a response (the logout's).
-async fn without_session_expiry(mut response: Response) -> Response {
-    response.headers_mut().remove(SESSION_EXPIRES_AT);
-    response
 }
 
 #[derive(Clone)]

@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+
+use axum::http::HeaderValue;
 use std::time::Duration;
 
 pub const USAGE: &str = "\
@@ -37,6 +39,9 @@ Flags (`--flag value` or `--flag=value`):
                                repeat it while rotating. Without any,
                                POST /billing/stripe answers 503
                                webhook_not_configured
+  --cors-origin ORIGIN         an origin allowed to call the visitor routes
+                               from a browser (repeat for several; `*` for
+                               any) [default: *]
   -h, --help                   print this help and exit
 
 Durations use humantime syntax: 500ms, 10s, 4h, 30d.
@@ -174,6 +179,9 @@ pub struct Config {
     /// being rotated); empty disables `POST /billing/stripe` (503
     /// `webhook_not_configured`).
     pub stripe_webhook_secrets: Vec<WebhookSecret>,
+    /// The origins allowed to call the visitor routes from a browser;
+    /// empty allows any (`*`, the default).
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 /// A secret a billing webhook's signature is keyed with. `Debug` never
@@ -213,6 +221,7 @@ impl Default for Config {
             redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             webhook_secret: None,
             stripe_webhook_secrets: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -232,6 +241,7 @@ pub enum ParsedArgs {
 /// together is the library's call, made by [`build_app`].
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, String> {
     let mut config = Config::default();
+    let mut any_origin = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if arg == "-h" || arg == "--help" {
@@ -292,13 +302,43 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, 
                 }
                 config.stripe_webhook_secrets.push(WebhookSecret(secret));
             }
+            "--cors-origin" => {
+                let origin = value()?;
+                if origin == "*" {
+                    any_origin = true;
+                } else {
+                    config.cors_origins.push(parse_origin(&origin)?);
+                }
+            }
             unknown if unknown.starts_with("--") => {
                 return Err(format!("unknown flag `{unknown}`"))
             }
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
+    if any_origin {
+        config.cors_origins.clear();
+    }
     Ok(ParsedArgs::Run(Box::new(config)))
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, nothing after.
+fn parse_origin(text: &str) -> Result<HeaderValue, String> {
+    let invalid = || {
+        format!(
+            "--cors-origin: `{text}` is not an origin (scheme://host[:port], e.g. \
+             https://shop.example, or * for any)"
+        )
+    };
+    let (scheme, rest) = text.split_once("://").ok_or_else(invalid)?;
+    let host_port_ok = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !matches!(scheme, "http" | "https") || !host_port_ok {
+        return Err(invalid());
+    }
+    HeaderValue::from_str(text).map_err(|_| invalid())
 }
 
 fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {

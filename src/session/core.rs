@@ -43,6 +43,13 @@ pub(crate) struct SessionConfig {
     pub(crate) negative_capacity: u64,
 }
 
+/// A response extension saying the handler ended the request's session
+/// (a logout): the session layer then adds no `x-session-expires-at` to
+/// the response. [`SessionHandle::logout`] answers one; with the `axum`
+/// feature it is also a response part (`(ended, StatusCode::NO_CONTENT)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionEnded;
+
 /// A session, as handlers see it in the request extensions.
 ///
 /// `SessionRefreshLayer` puts one into every request it lets through; with
@@ -798,6 +805,39 @@ impl SessionHandle {
         core.forget_ids(&[*id], existed.is_ok());
         core.publish(Invalidation::Sessions(vec![*id]));
         existed
+    }
+
+    /// Logs out the session a handler holds: revokes it like
+    /// [`revoke_id`](Self::revoke_id) and answers the [`SessionEnded`]
+    /// marker to put into the response, so the layer does not announce an
+    /// expiry for a session that no longer exists. Returns whether it
+    /// existed, with the marker.
+    ///
+    /// With a [`CookieSource`](super::CookieSource), also send its
+    /// [`clear_cookie`](super::CookieSource::clear_cookie) so the browser
+    /// forgets the token.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use http::{Response, StatusCode};
+    /// use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
+    /// # let sessions = SessionRefreshLayer::new(MemorySessionStore::new());
+    /// # let handle = sessions.handle();
+    /// # let created = handle.create(None, ()).await?;
+    /// # let session = handle.get(&created.token).await?.expect("just created");
+    /// // In the handler, with the `Session` the layer put into the request:
+    /// let (existed, ended) = handle.logout(&session).await?;
+    /// let mut response = Response::new(String::new());
+    /// *response.status_mut() = StatusCode::NO_CONTENT;
+    /// response.extensions_mut().insert(ended);
+    /// assert!(existed);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn logout(&self, session: &Session) -> Result<(bool, SessionEnded), StoreError> {
+        let existed = self.revoke_id(&session.id()).await?;
+        Ok((existed, SessionEnded))
     }
 
     /// Revokes every session of `owner` (an organization's, or a subject's:

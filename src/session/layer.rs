@@ -235,7 +235,17 @@ impl fmt::Debug for LayerState {
 /// Clones share one store, cache and configuration; the per-route methods
 /// ([`validate_only`](Self::validate_only), [`activity`](Self::activity),
 /// [`token_source`](Self::token_source), [`responder`](Self::responder))
-/// return a layer that still shares them.
+/// borrow the layer and return another that still shares them, so one
+/// layer serves every route:
+///
+/// ```
+/// use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
+///
+/// let sessions = SessionRefreshLayer::new(MemorySessionStore::new());
+/// let reads = sessions.validate_only(); // validates, never renews
+/// let writes = &sessions; // renews when close to expiry
+/// # let _ = (reads, writes);
+/// ```
 #[derive(Clone)]
 #[must_use = "a layer does nothing until it wraps a service"]
 pub struct SessionRefreshLayer {
@@ -279,7 +289,7 @@ impl SessionRefreshLayer {
     }
 
     /// Where requests carry their token (default: the `x-session-id` header).
-    pub fn token_source(self, source: impl TokenSource) -> Self {
+    pub fn token_source(&self, source: impl TokenSource) -> Self {
         let mut state = LayerState::clone(&self.state);
         state.source_name = type_name_of(&source);
         state.source = Arc::new(source);
@@ -289,7 +299,7 @@ impl SessionRefreshLayer {
     }
 
     /// Which requests count as activity (default: every request).
-    pub fn activity(self, rule: impl ActivityRule) -> Self {
+    pub fn activity(&self, rule: impl ActivityRule) -> Self {
         let mut state = LayerState::clone(&self.state);
         state.activity_name = type_name_of(&rule);
         state.activity = Arc::new(rule);
@@ -300,12 +310,12 @@ impl SessionRefreshLayer {
 
     /// Validates sessions but never renews them (for reads that should not
     /// keep a session alive).
-    pub fn validate_only(self) -> Self {
+    pub fn validate_only(&self) -> Self {
         self.activity(ValidateOnly)
     }
 
     /// Replaces the builder of rejection responses.
-    pub fn responder(self, responder: impl RejectionResponder) -> Self {
+    pub fn responder(&self, responder: impl RejectionResponder) -> Self {
         let mut state = LayerState::clone(&self.state);
         state.responder_name = type_name_of(&responder);
         state.responder = Arc::new(responder);

@@ -85,7 +85,7 @@ mod store;
 mod token;
 
 pub use self::activity::{ActivityRule, EveryRequest, ValidateOnly};
-pub use self::core::{CreatedSession, PurgeTask, Session, SessionHandle};
+pub use self::core::{CreatedSession, PurgeTask, Session, SessionEnded, SessionHandle};
 pub use crate::future::ResponseFuture;
 
 /// The response header that carries a session's expiry (RFC 3339 UTC, ms).

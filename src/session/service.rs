@@ -75,7 +75,8 @@ where
                     TokenError::Missing => ErrorCode::SessionMissing,
                     TokenError::Malformed => ErrorCode::SessionInvalid,
                 };
-                let response = state.responder.respond(&Rejection::new(code), &head);
+                let rejection = Rejection::new(code).with_challenge(state.source.challenge(code));
+                let response = state.responder.respond(&rejection, &head);
                 return ResponseFuture::rejected(response);
             }
         };
@@ -96,7 +97,10 @@ where
         let resolution = Arc::clone(core).resolve(token, cached, activity);
         let layer = Arc::clone(state);
         let decision = Box::pin(async move {
-            let (data, renewed) = resolution.await?;
+            let (data, renewed) = resolution.await.map_err(|rejection| {
+                let challenge = layer.source.challenge(rejection.code());
+                rejection.with_challenge(challenge)
+            })?;
             let renewal_header = if renewed {
                 let left = data
                     .expires_at

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE, SET_COOKIE};
 
 use super::token::{MalformedToken, SessionToken};
+use crate::rejection::{ErrorCode, DEFAULT_CHALLENGE};
 use crate::request::RequestHead;
 
 /// Why no token could be taken from a request.
@@ -45,6 +46,14 @@ pub trait TokenSource: Send + Sync + 'static {
         let _ = (token, max_age);
         None
     }
+
+    /// The `WWW-Authenticate` challenge of a 401 with `code`: it names where
+    /// this source reads the token (RFC 9110 asks every 401 for one).
+    /// Default: `Session`.
+    fn challenge(&self, code: ErrorCode) -> HeaderValue {
+        let _ = code;
+        DEFAULT_CHALLENGE
+    }
 }
 
 impl<F> TokenSource for F
@@ -58,15 +67,19 @@ where
 
 /// Reads the token from a header (default `x-session-id`); works for gRPC
 /// metadata too. When the header appears several times, the first counts.
+/// Its 401s challenge with `Session header="<name>"`.
 #[derive(Debug, Clone)]
 pub struct HeaderSource {
     name: HeaderName,
+    challenge: HeaderValue,
 }
 
 impl HeaderSource {
     /// Reads the token from the header `name`.
     pub fn new(name: HeaderName) -> Self {
-        Self { name }
+        let challenge = HeaderValue::from_str(&format!("Session header=\"{name}\""))
+            .expect("a header name is a valid quoted string");
+        Self { name, challenge }
     }
 }
 
@@ -81,12 +94,18 @@ impl TokenSource for HeaderSource {
         let value = head.headers().get(&self.name).ok_or(TokenError::Missing)?;
         Ok(SessionToken::parse_bytes(value.as_bytes())?)
     }
+
+    fn challenge(&self, _: ErrorCode) -> HeaderValue {
+        self.challenge.clone()
+    }
 }
 
 /// Reads the token from `Authorization: Bearer <token>`.
 ///
 /// A missing `Authorization` header is `Missing`; any other scheme, or a
-/// bearer credential that is not a token, is `Malformed`.
+/// bearer credential that is not a token, is `Malformed`. Its 401s
+/// challenge as RFC 6750 says: `Bearer` without a token,
+/// `Bearer error="invalid_token"` for a token refused.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BearerSource;
 
@@ -105,6 +124,13 @@ impl TokenSource for BearerSource {
             return Err(TokenError::Malformed);
         }
         Ok(SessionToken::parse_bytes(trim_spaces(credential))?)
+    }
+
+    fn challenge(&self, code: ErrorCode) -> HeaderValue {
+        match code {
+            ErrorCode::SessionMissing => HeaderValue::from_static("Bearer"),
+            _ => HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        }
     }
 }
 
@@ -142,7 +168,9 @@ impl SameSite {
 /// `Max-Age`, whenever the session is renewed.
 ///
 /// Defaults: name `session`, `Path=/`, `HttpOnly`, `Secure`,
-/// `SameSite=Lax`, no `Domain`.
+/// `SameSite=Lax`, no `Domain`. Its 401s challenge with
+/// `Session cookie="<name>"`; [`clear_cookie`](Self::clear_cookie) is the
+/// logout's `Set-Cookie`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -161,6 +189,7 @@ impl SameSite {
 #[must_use]
 pub struct CookieSource {
     name: String,
+    challenge: HeaderValue,
     path: String,
     domain: Option<String>,
     secure: bool,
@@ -182,8 +211,11 @@ impl CookieSource {
                     .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)),
             "cookie name {name:?} is not a valid cookie token"
         );
+        let challenge = HeaderValue::from_str(&format!("Session cookie=\"{name}\""))
+            .expect("a cookie name is a valid quoted string");
         Self {
             name,
+            challenge,
             path: "/".to_owned(),
             domain: None,
             secure: true,
@@ -225,10 +257,29 @@ impl CookieSource {
     /// The `Set-Cookie` value that hands `token` to a browser for `max_age`
     /// (for the response that creates a session).
     pub fn set_cookie(&self, token: &SessionToken, max_age: Duration) -> HeaderValue {
+        self.cookie(&token.to_string(), max_age)
+    }
+
+    /// The `Set-Cookie` value that removes the cookie from the browser
+    /// (empty, `Max-Age=0`, same `Path` and `Domain`), for the response
+    /// that logs out; revoke the session itself with
+    /// [`SessionHandle::revoke_id`](super::SessionHandle::revoke_id).
+    ///
+    /// ```
+    /// use tower_saas_guard::session::CookieSource;
+    ///
+    /// let header = CookieSource::new("sid").clear_cookie();
+    /// assert_eq!(header, "sid=; Max-Age=0; Path=/; HttpOnly; Secure; SameSite=Lax");
+    /// ```
+    pub fn clear_cookie(&self) -> HeaderValue {
+        self.cookie("", Duration::ZERO)
+    }
+
+    fn cookie(&self, value: &str, max_age: Duration) -> HeaderValue {
         let mut cookie = format!(
             "{}={}; Max-Age={}; Path={}",
             self.name,
-            token,
+            value,
             max_age.as_secs(),
             self.path
         );
@@ -301,6 +352,10 @@ impl TokenSource for CookieSource {
         max_age: Duration,
     ) -> Option<(HeaderName, HeaderValue)> {
         Some((SET_COOKIE, self.set_cookie(token, max_age)))
+    }
+
+    fn challenge(&self, _: ErrorCode) -> HeaderValue {
+        self.challenge.clone()
     }
 }
 

@@ -203,11 +203,128 @@ impl SessionPage {
 /// Where sessions live: implement this to put them in your own database.
 ///
 /// Object safe: layers hold an `Arc<dyn SessionStore>`. Every operation is
-/// keyed by [`SessionId`], the SHA-256 of the token. The trait is declared
-/// with [`async_trait`](https://docs.rs/async-trait): put
-/// `#[async_trait::async_trait]` on your `impl` too. The crate's stores all
-/// pass the same conformance suite (the `test-kit` feature), which a store
-/// of yours can run as well.
+/// keyed by [`SessionId`], the SHA-256 of the token.
+///
+/// # Write your own store
+///
+/// The trait is declared with [`async_trait`](crate::async_trait), so an
+/// `impl` needs the same attribute, re-exported as
+/// `tower_saas_guard::async_trait` (without it, plain `async fn`s fail with
+/// E0195, "lifetime parameters do not match the trait declaration").
+/// Map your driver's errors with [`StoreError::backend`] (and
+/// [`StoreError::serialization`] for a record that does not decode): the
+/// layer answers them `store_unavailable`, never a panic. The one subtle
+/// operation is [`extend`](Self::extend): it must be a single conditional
+/// update in your database (`UPDATE … SET expires_at = $2 WHERE id = $1 AND
+/// expires_at < $2 AND expires_at > $3 RETURNING expires_at`, or a script),
+/// never a read followed by a write, because several instances renew at
+/// once. Then run the conformance suite every store of this crate passes
+/// (`test_kit::session_store_suite`, feature `test-kit`) against yours.
+///
+/// A complete store, here over a `HashMap` behind a mutex where yours would
+/// call its database:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::SystemTime;
+///
+/// use tower_saas_guard::async_trait;
+/// use tower_saas_guard::session::{
+///     PageRequest, SessionId, SessionOwner, SessionPage, SessionRecord, SessionStore,
+/// };
+/// use tower_saas_guard::StoreError;
+///
+/// #[derive(Default)]
+/// struct MyStore {
+///     rows: Mutex<HashMap<SessionId, SessionRecord>>,
+/// }
+///
+/// impl MyStore {
+///     // Where a database store maps its driver's error.
+///     fn rows(&self) -> Result<std::sync::MutexGuard<'_, HashMap<SessionId, SessionRecord>>, StoreError> {
+///         self.rows
+///             .lock()
+///             .map_err(|_| StoreError::backend(std::io::Error::other("lock poisoned")))
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl SessionStore for MyStore {
+///     async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
+///         self.rows()?.insert(record.id, record.clone());
+///         Ok(())
+///     }
+///
+///     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+///         Ok(self.rows()?.get(id).cloned())
+///     }
+///
+///     async fn extend(
+///         &self,
+///         id: &SessionId,
+///         expires_at: SystemTime,
+///         now: SystemTime,
+///     ) -> Result<Option<SystemTime>, StoreError> {
+///         // One atomic step: later only, and never for an expired record.
+///         Ok(self.rows()?.get_mut(id).map(|record| {
+///             if expires_at > record.expires_at && record.expires_at > now {
+///                 record.expires_at = expires_at;
+///             }
+///             record.expires_at
+///         }))
+///     }
+///
+///     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+///         Ok(self.rows()?.remove(id).is_some())
+///     }
+///
+///     async fn delete_all(&self, owner: SessionOwner<'_>) -> Result<Vec<SessionId>, StoreError> {
+///         let mut rows = self.rows()?;
+///         let ids: Vec<SessionId> = rows
+///             .values()
+///             .filter(|record| owner.owns(record))
+///             .map(|record| record.id)
+///             .collect();
+///         for id in &ids {
+///             rows.remove(id);
+///         }
+///         Ok(ids)
+///     }
+///
+///     async fn list(
+///         &self,
+///         owner: SessionOwner<'_>,
+///         now: SystemTime,
+///         page: PageRequest,
+///     ) -> Result<SessionPage, StoreError> {
+///         let mut live: Vec<SessionRecord> = self
+///             .rows()?
+///             .values()
+///             .filter(|record| owner.owns(record) && record.expires_at > now)
+///             .filter(|record| page.after.as_ref().is_none_or(|after| after.precedes(record)))
+///             .cloned()
+///             .collect();
+///         live.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+///         live.truncate(page.limit as usize + 1);
+///         Ok(SessionPage::from_sorted(live, page.limit))
+///     }
+///
+///     async fn purge_expired(&self, before: SystemTime) -> Result<u64, StoreError> {
+///         let mut rows = self.rows()?;
+///         let count = rows.len();
+///         rows.retain(|_, record| record.expires_at >= before);
+///         Ok((count - rows.len()) as u64)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let sessions = tower_saas_guard::session::SessionRefreshLayer::new(MyStore::default());
+/// let created = sessions.handle().create(Some("org_1"), ()).await.expect("stored");
+/// assert!(sessions.handle().get(&created.token).await.expect("loaded").is_some());
+/// # }
+/// ```
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Inserts a new record. Ids come from 256 random bits, so a collision

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use http::HeaderName;
 
+use crate::rejection::{ErrorCode, Rejection};
 use crate::request::RequestHead;
 use crate::session::Session;
 
@@ -17,6 +18,16 @@ use crate::session::Session;
 pub trait OrganizationResolver: Send + Sync + 'static {
     /// The organization of the request, if it can be told.
     fn organization<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, str>>;
+
+    /// Why [`organization`](Self::organization) found none, as the
+    /// rejection to answer (default: `organization_missing`). A resolver
+    /// that can tell a client's omission from a wiring mistake answers the
+    /// latter with [`ErrorCode::Misconfigured`] and a detail that says how
+    /// to fix it, as [`FromSession`] does.
+    fn missing(&self, head: &RequestHead<'_>) -> Rejection {
+        let _ = head;
+        Rejection::new(ErrorCode::OrganizationMissing)
+    }
 }
 
 impl<F> OrganizationResolver for F
@@ -39,7 +50,25 @@ impl OrganizationResolver for FromSession {
             .and_then(Session::organization_id)
             .map(Cow::Borrowed)
     }
+
+    /// A session without an organization is `organization_missing`; no
+    /// session at all means no `SessionRefreshLayer` ran before this
+    /// layer, a wiring mistake: `server_misconfigured` (500), logged at
+    /// `error` level, with the fix in the detail.
+    fn missing(&self, head: &RequestHead<'_>) -> Rejection {
+        if head.extensions().get::<Session>().is_some() {
+            return Rejection::new(ErrorCode::OrganizationMissing);
+        }
+        tracing::error!(path = head.uri().path(), "{MISORDERED}");
+        Rejection::new(ErrorCode::Misconfigured).with_detail(MISORDERED)
+    }
 }
+
+const MISORDERED: &str = "A subscription layer (RequireSubscriptionLayer or EntitlementLayer) \
+    takes the organization from the session, but no SessionRefreshLayer ran before it on this \
+    route. Put the session layer outside the subscription layer: in axum the last \
+    `.route_layer(..)` / `.layer(..)` is the outermost, in tower's ServiceBuilder the first \
+    `.layer(..)`. Or give the subscription layer another resolver with `.organization(..)`.";
 
 /// The organization named by a request header (for example
 /// `x-organization-id` set by a trusted gateway). Empty, non-UTF-8 and

@@ -78,7 +78,7 @@ where
         let state = &self.state;
         let head = RequestHead::of(&request);
         let Some(organization_id) = state.resolver.organization(&head) else {
-            let rejection = Rejection::new(ErrorCode::OrganizationMissing);
+            let rejection = state.resolver.missing(&head);
             return ResponseFuture::rejected(state.responder.respond(&rejection, &head));
         };
         let gated = state.gate.is_gated(&head);

@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tower_saas_guard::session::Session;
+use tower_saas_guard::session::{Session, SessionEnded};
 use tower_saas_guard::subscription::Entitlement;
 use tower_saas_guard::{rfc3339_millis, unix_millis};
 
@@ -100,18 +100,18 @@ pub(crate) fn session_organization(session: &Session) -> Result<&str, ApiError> 
 
 /// `DELETE /contact-sessions/current`: validate only; logs the session
 /// out (revoked in the store, this instance's cache and, through the
-/// invalidation channel, every other instance's). 204, without
-/// `x-session-expires-at` (the router takes it off).
+/// invalidation channel, every other instance's). 204, marked
+/// [`SessionEnded`] so the layer adds no `x-session-expires-at`.
 pub(crate) async fn logout(
     State(state): State<AppState>,
     session: Session,
-) -> Result<StatusCode, ApiError> {
-    state
+) -> Result<(SessionEnded, StatusCode), ApiError> {
+    let (_, ended) = state
         .sessions
-        .revoke_id(&session.id())
+        .logout(&session)
         .await
         .map_err(|error| ApiError::store_unavailable("session", &error))?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok((ended, StatusCode::NO_CONTENT))
 }
 
 /// `POST /conversations`: renews; the body is ignored. Opens with the
