@@ -197,3 +197,29 @@ async fn hyper_example_exits_2_on_a_bad_addr_before_listening() {
         "stderr names the flag: {stderr:?}"
     );
 }
+
+#[test]
+fn readme_hyper_section_is_the_example_without_its_flag() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let example =
+        std::fs::read_to_string(root.join("examples/hyper_server.rs")).expect("the example");
+    let section = readme
+        .split_once("## With hyper\n")
+        .expect("README has a \"With hyper\" section")
+        .1;
+    let code = section
+        .split_once("```rust,ignore\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("the section has a rust block")
+        .0;
+    let fixed_addr = r#"TcpListener::bind("127.0.0.1:3001")"#;
+    assert!(code.contains(fixed_addr), "the README binds 127.0.0.1:3001");
+    let mut example_lines = example.lines();
+    for line in code.lines().filter(|line| !line.contains(fixed_addr)) {
+        assert!(
+            example_lines.any(|candidate| candidate == line),
+            "README line {line:?} is not in examples/hyper_server.rs (in this order)"
+        );
+    }
+}
