@@ -42,9 +42,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_saas_guard::rfc3339_millis;
-use tower_saas_guard::session::{
-    MemorySessionStore, Session, SessionHandle, SessionRefreshLayer, SESSION_EXPIRES_AT,
-};
+use tower_saas_guard::session::{MemorySessionStore, Session, SessionHandle, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     Entitlement, EntitlementPolicy, Entitlements, MemorySubscriptionStore,
     RequireSubscriptionLayer, Subscription, SubscriptionChange, SubscriptionStatus,
@@ -88,9 +86,14 @@ async fn account(
         .get::<Session>()
         .expect("SessionRefreshLayer puts the Session in");
     if request.method() == Method::POST {
-        // Logout by the session's id: no need to read the token again.
-        return Ok(match handle.revoke_id(&session.id()).await {
-            Ok(_) => text(StatusCode::NO_CONTENT, Bytes::new()),
+        // Logout by the session's id: no need to read the token again. The
+        // `SessionEnded` marker keeps the layer from announcing an expiry.
+        return Ok(match handle.logout(session).await {
+            Ok((_, ended)) => {
+                let mut response = text(StatusCode::NO_CONTENT, Bytes::new());
+                response.extensions_mut().insert(ended);
+                response
+            }
             Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
         });
     }
@@ -177,12 +180,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let response: Response<AppBody> = match (request.method(), request.uri().path()) {
                 (&Method::POST, "/login") => login(request, &handle).await.map(BodyExt::boxed),
                 (&Method::GET, "/me") => me.oneshot(request).await?.map(BodyExt::boxed),
-                (&Method::POST, "/logout") => {
-                    let mut response = logout.oneshot(request).await?;
-                    // The session is gone: no expiry to announce.
-                    response.headers_mut().remove(SESSION_EXPIRES_AT);
-                    response.map(BodyExt::boxed)
-                }
+                (&Method::POST, "/logout") => logout.oneshot(request).await?.map(BodyExt::boxed),
                 (&Method::GET, "/pro/report") => report.oneshot(request).await?.map(BodyExt::boxed),
                 _ => text(StatusCode::NOT_FOUND, "not found").map(BodyExt::boxed),
             };
