@@ -379,6 +379,16 @@ async fn binary_prints_usage_on_help_and_exits_0() {
     ] {
         assert!(stdout.contains(flag), "usage mentions {flag}: {stdout}");
     }
+    for route in [
+        "/contact-sessions",
+        "/conversations",
+        "/operator/widget-settings",
+        "/operator/contact-sessions",
+        "/billing/webhook",
+        "/billing/stripe",
+    ] {
+        assert!(stdout.contains(route), "usage lists {route}: {stdout}");
+    }
     assert!(!stdout.contains("listening on"), "{stdout}");
     assert!(stderr.is_empty(), "{stderr:?}");
 }

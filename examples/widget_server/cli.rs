@@ -50,6 +50,19 @@ Expired sessions keep answering `session_expired` for 24h after they
 expire; a background task purges older ones every 10 minutes (and
 billing event ids applied more than 30 days ago).
 
+Routes (JSON bodies; errors are problem+json with a `code`):
+  visitor, token in x-session-id (CORS):
+    POST   /contact-sessions {name, email, organization_id} -> 201 token
+    GET    /contact-sessions/current             DELETE (logout) -> 204
+    POST   /conversations                        GET/POST /conversations/ID/messages
+  operator, organization in x-organization-id:
+    GET    /operator/subscription | /operator/conversations | /operator/files
+    POST   /operator/conversations/ID/messages | /operator/conversations/ID/enhance
+    POST   /operator/files   DELETE /operator/files/ID   PUT /operator/widget-settings
+    GET    /operator/contact-sessions   DELETE /operator/contact-sessions[/REF]
+  billing: POST /billing/webhook (webhook-signature), POST /billing/stripe
+The README lists every body and answer.
+
 Several instances share sessions and subscriptions through PostgreSQL
 (and Redis for sessions); a logout, a revocation or a billing change on one
 reaches the others' caches within a second over PostgreSQL LISTEN/NOTIFY,
