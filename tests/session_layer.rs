@@ -1053,6 +1053,46 @@ async fn failed_renewal_lets_the_still_valid_session_through_and_retries_a_secon
 }
 
 #[tokio::test]
+async fn a_renewal_that_fails_after_a_revocation_refuses_instead_of_admitting() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let service = echo_service(fixture.layer.clone());
+    fixture.clock.advance(21 * HOUR);
+    fixture
+        .store
+        .fail_extend
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    fixture.store.extend_gate.close();
+    let in_flight = tokio::spawn({
+        let service = service.clone();
+        async move { send(&service, with_token(&token)).await }
+    });
+    while fixture.store.extends() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Revoked while its renewal is at the store; then the write fails.
+    assert!(fixture
+        .layer
+        .handle()
+        .revoke(&token)
+        .await
+        .expect("memory store"));
+    fixture.store.extend_gate.open();
+    let answer = in_flight.await.expect("the request completes");
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.body
+    );
+    assert_eq!(answer.body["code"], "store_unavailable");
+    assert_rejected(
+        &send(&service, with_token(&token)).await,
+        "session_not_found",
+    );
+}
+
+#[tokio::test]
 async fn session_revoked_before_its_renewal_is_not_found() {
     let fixture = Fixture::new();
     let token = fixture.create().await;

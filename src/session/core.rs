@@ -585,17 +585,20 @@ impl SessionCore {
                     // rather than on every request while the store is down.
                     tracing::warn!(session = %data.id, %error, "session renewal failed");
                     let revocations_seen = self.revocations.current(token.hash_prefix());
-                    let still_cached = self
-                        .cache
-                        .get(&token)
-                        .is_some_and(|current| Arc::ptr_eq(&current, &data));
-                    if still_cached {
-                        let retry_at = self.clock.now() + STORE_RETRY_INTERVAL;
-                        let deferred = Arc::new(data.with_renewal_deferred(retry_at));
-                        // Same expiry: copies of `data` elsewhere stay right.
-                        self.cache_insert(token, deferred, revocations_seen);
+                    match self.cache.get(&token) {
+                        Some(current) => {
+                            if Arc::ptr_eq(&current, &data) {
+                                let retry_at = self.clock.now() + STORE_RETRY_INTERVAL;
+                                let deferred = Arc::new(data.with_renewal_deferred(retry_at));
+                                // Same expiry: copies of `data` elsewhere stay right.
+                                self.cache_insert(token, deferred, revocations_seen);
+                            }
+                            Ok((data, false))
+                        }
+                        // Gone from the cache while the write failed: revoked
+                        // meanwhile (or evicted). Nothing vouches for it now.
+                        None => Err(store_unavailable(&error)),
                     }
-                    Ok((data, false))
                 }
             },
         }
