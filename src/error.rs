@@ -45,6 +45,9 @@ pub enum ConfigError {
     /// The cache time-to-live is zero; use at least one millisecond.
     #[error("cache time-to-live must be greater than zero")]
     ZeroCacheTtl,
+    /// `max_in_flight` is zero, so no request could ever reach the store.
+    #[error("max_in_flight must be at least 1")]
+    ZeroMaxInFlight,
     /// The store timeout is zero, so every store call would time out.
     #[error("store timeout must be greater than zero")]
     ZeroStoreTimeout,
@@ -99,6 +102,9 @@ pub enum StoreErrorKind {
     Serialization,
     /// The operating system had no randomness to mint a token.
     Randomness,
+    /// Too many store operations were already in progress in this process
+    /// (the layer's `max_in_flight`): refused without asking the store.
+    Overloaded,
 }
 
 /// A store operation failed. Cheap to clone (the source is shared).
@@ -133,6 +139,16 @@ impl StoreError {
         Self {
             kind: StoreErrorKind::Timeout,
             message: "store did not answer within the configured timeout",
+            source: None,
+        }
+    }
+
+    /// Refused before reaching the store: `max_in_flight` operations were
+    /// already waiting on it.
+    pub fn overloaded() -> Self {
+        Self {
+            kind: StoreErrorKind::Overloaded,
+            message: "too many store operations in progress",
             source: None,
         }
     }

@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_saas_guard::session::{
-    BearerSource, CookieSource, HeaderSource, Session, SessionRefreshLayer, SessionToken,
-    TokenError, SESSION_EXPIRES_AT,
+    BearerSource, CookieSource, HeaderSource, MemorySessionStore, Session, SessionRefreshLayer,
+    SessionToken, TokenError, SESSION_EXPIRES_AT,
 };
 use tower_saas_guard::{rfc3339_millis, Clock, ConfigError, ManualClock, RequestHead};
 
@@ -1090,6 +1090,67 @@ async fn a_renewal_that_fails_after_a_revocation_refuses_instead_of_admitting() 
         &send(&service, with_token(&token)).await,
         "session_not_found",
     );
+}
+
+#[tokio::test]
+async fn past_max_in_flight_a_new_token_is_refused_without_a_store_call() {
+    let fixture = Fixture::with(|builder| builder.max_in_flight(2).no_negative_cache());
+    let service = echo_service(fixture.layer.clone());
+    fixture.store.load_gate.close();
+    let strangers: Vec<SessionToken> = (0..3)
+        .map(|_| SessionToken::generate().expect("os randomness"))
+        .collect();
+    let waiting: Vec<_> = strangers[..2]
+        .iter()
+        .map(|token| {
+            let service = service.clone();
+            let token = *token;
+            tokio::spawn(async move { send(&service, with_token(&token)).await })
+        })
+        .collect();
+    while fixture.store.loads() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // A third distinct token while two loads wait: refused on the spot.
+    let answer = send(&service, with_token(&strangers[2])).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.body
+    );
+    assert_eq!(answer.body["code"], "store_unavailable");
+    assert_eq!(answer.headers[header::RETRY_AFTER], "1");
+    // A token already in flight joins its load instead.
+    let joined = tokio::spawn({
+        let service = service.clone();
+        let token = strangers[0];
+        async move { send(&service, with_token(&token)).await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    fixture.store.load_gate.open();
+    for request in waiting.into_iter().chain([joined]) {
+        let answer = request.await.expect("the request completes");
+        assert_rejected(&answer, "session_not_found");
+    }
+    assert_eq!(
+        fixture.store.loads(),
+        2,
+        "the refused and the joined read nothing"
+    );
+    // Once the loads landed there is room again.
+    assert_rejected(
+        &send(&service, with_token(&strangers[2])).await,
+        "session_not_found",
+    );
+    assert!(matches!(
+        SessionRefreshLayer::builder(MemorySessionStore::new())
+            .max_in_flight(0)
+            .build(),
+        Err(ConfigError::ZeroMaxInFlight)
+    ));
 }
 
 #[tokio::test]

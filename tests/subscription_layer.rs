@@ -714,6 +714,11 @@ fn invalid_entitlement_settings_are_errors_at_build_time() {
         build(|b| b.store_timeout(Duration::ZERO)),
         Some(ConfigError::ZeroStoreTimeout)
     );
+    assert_eq!(
+        build(|b| b.max_in_flight(0)),
+        Some(ConfigError::ZeroMaxInFlight)
+    );
+    assert_eq!(build(|b| b.max_in_flight(1)), None);
     assert!(matches!(
         build(|b| b.positive_ttl(Duration::MAX)),
         Some(ConfigError::DurationTooLong { .. })

@@ -10,10 +10,15 @@ use crate::error::StoreError;
 
 type Outcome<T> = Result<T, StoreError>;
 type Flight<T> = Shared<BoxFuture<'static, Outcome<T>>>;
-type Flights<K, T> = HashMap<K, (u64, Flight<T>)>;
+/// Keyed by client input (a presented token, an organization id): hashed
+/// with a per-process random seed, so no client can pick keys that collide.
+type Flights<K, T> = HashMap<K, (u64, Flight<T>), foldhash::quality::RandomState>;
 
 /// Runs at most one store operation per key at a time; callers that arrive
-/// while it runs await the same result.
+/// while it runs await the same result. At most `max_in_flight` keys may
+/// be in flight at once: past that, a new key is refused at once
+/// ([`StoreError::overloaded`]) instead of queueing on a store that is
+/// already too slow (a flood of distinct tokens while it lags).
 ///
 /// The entry leaves the map only after the work finished, so work that
 /// publishes its result (into a cache) before finishing is seen by every
@@ -23,6 +28,7 @@ type Flights<K, T> = HashMap<K, (u64, Flight<T>)>;
 pub(crate) struct SingleFlight<K, T: Clone> {
     in_flight: Arc<Mutex<Flights<K, T>>>,
     next_id: std::sync::atomic::AtomicU64,
+    max_in_flight: usize,
 }
 
 impl<K, T> SingleFlight<K, T>
@@ -30,10 +36,11 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max_in_flight: usize) -> Self {
         Self {
-            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            in_flight: Arc::new(Mutex::new(HashMap::default())),
             next_id: std::sync::atomic::AtomicU64::new(0),
+            max_in_flight: max_in_flight.max(1),
         }
     }
 
@@ -49,6 +56,11 @@ where
             .unwrap_or_else(PoisonError::into_inner);
         if let Some((_, flight)) = in_flight.get(&key) {
             return flight.clone();
+        }
+        if in_flight.len() >= self.max_in_flight {
+            return futures_util::future::ready(Err(StoreError::overloaded()))
+                .boxed()
+                .shared();
         }
         let work = start();
         let map = Arc::clone(&self.in_flight);
@@ -118,7 +130,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_execution_and_the_entry_is_removed() {
-        let flights = Arc::new(SingleFlight::<u32, usize>::new());
+        let flights = Arc::new(SingleFlight::<u32, usize>::new(100));
         let runs = Arc::new(AtomicUsize::new(0));
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
         let gate = gate.shared();
@@ -145,7 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flight_every_caller_abandoned_still_finishes_and_leaves_the_map() {
-        let flights = SingleFlight::<u32, u32>::new();
+        let flights = SingleFlight::<u32, u32>::new(100);
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
         let (finished, done) = tokio::sync::oneshot::channel::<()>();
         let abandoned = flights.run(9, move || {
@@ -172,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_forget_a_new_flight_starts_and_the_old_one_does_not_remove_it() {
-        let flights = SingleFlight::<u32, u32>::new();
+        let flights = SingleFlight::<u32, u32>::new(100);
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
         let old = flights.run(1, move || {
             async move {
@@ -197,5 +209,41 @@ mod tests {
         release_new.send(()).expect("gate receiver alive");
         assert_eq!(new.await.expect("no store error"), 2);
         assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_a_new_key_is_refused_but_a_flying_one_is_joined() {
+        let flights = SingleFlight::<u32, u32>::new(2);
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let gate = gate.shared();
+        let mut flying = Vec::new();
+        for key in [1, 2] {
+            let gate = gate.clone();
+            flying.push(flights.run(key, move || {
+                async move {
+                    let _ = gate.await;
+                    Ok(key)
+                }
+                .boxed()
+            }));
+        }
+        let refused = flights.run(3, || async { Ok(3) }.boxed());
+        let error = refused.await.expect_err("a third key is refused");
+        assert_eq!(error.kind(), crate::StoreErrorKind::Overloaded);
+        assert_eq!(flights.len(), 2, "the refusal registered nothing");
+        let joined = flights.run(1, || async { Ok(100) }.boxed());
+        release.send(()).expect("gate receiver alive");
+        assert_eq!(joined.await.expect("no store error"), 1, "joined, not run");
+        for (flight, key) in flying.into_iter().zip([1, 2]) {
+            assert_eq!(flight.await.expect("no store error"), key);
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(flights.len(), 0);
+        assert_eq!(
+            flights.run(3, || async { Ok(3) }.boxed()).await.ok(),
+            Some(3)
+        );
     }
 }

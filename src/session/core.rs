@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::store::{PageRequest, SessionOwner, SessionPage, SessionRecord, SessionStore};
-use super::token::{SessionId, SessionToken};
+use super::token::{SessionId, SessionToken, WholeToken};
 use crate::cache::generations::{Confirmed, Generations};
 use crate::cache::hot::{HotFront, HotTable};
 use crate::cache::single_flight::SingleFlight;
@@ -38,6 +38,8 @@ pub(crate) struct SessionConfig {
     pub(crate) cache_ttl: Duration,
     pub(crate) expired_retention: Duration,
     pub(crate) store_timeout: Duration,
+    /// Distinct tokens whose load or renewal may wait on the store at once.
+    pub(crate) max_in_flight: usize,
     /// How long an unknown session id is remembered; `None`: not at all.
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) negative_capacity: u64,
@@ -260,8 +262,8 @@ type Loaded = Option<Arc<SessionData>>;
 pub(crate) struct SessionCore {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) cache: SessionCache,
-    loads: SingleFlight<SessionToken, Loaded>,
-    renewals: SingleFlight<SessionToken, Loaded>,
+    loads: SingleFlight<WholeToken, Loaded>,
+    renewals: SingleFlight<WholeToken, Loaded>,
     pub(crate) config: SessionConfig,
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped by revocations (per stripe of tokens), so a load that raced
@@ -345,8 +347,8 @@ impl SessionCore {
         let core = Arc::new(Self {
             store,
             cache,
-            loads: SingleFlight::new(),
-            renewals: SingleFlight::new(),
+            loads: SingleFlight::new(config.max_in_flight),
+            renewals: SingleFlight::new(config.max_in_flight),
             ids: IdIndex::new(config.cache_capacity),
             negative,
             channel: link,
@@ -521,8 +523,8 @@ impl SessionCore {
     }
 
     fn forget_token(&self, token: &SessionToken) {
-        self.loads.forget(token);
-        self.renewals.forget(token);
+        self.loads.forget(&WholeToken(*token));
+        self.renewals.forget(&WholeToken(*token));
         self.revocations
             .remove(&self.cache, token, token.hash_prefix());
     }
@@ -612,7 +614,7 @@ impl SessionCore {
         stale: Option<Arc<SessionData>>,
     ) -> LoadOutcome {
         let core = Arc::clone(self);
-        let flight = self.loads.run(token, move || {
+        let flight = self.loads.run(WholeToken(token), move || {
             async move {
                 if let Some(current) = core.cache.get(&token) {
                     let seen_stale = stale.is_some_and(|stale| Arc::ptr_eq(&stale, &current));
@@ -653,7 +655,7 @@ impl SessionCore {
     /// requests on this session are due at once. `None`: the record is gone.
     async fn renew(self: &Arc<Self>, token: SessionToken, data: Arc<SessionData>) -> LoadOutcome {
         let core = Arc::clone(self);
-        let flight = self.renewals.run(token, move || {
+        let flight = self.renewals.run(WholeToken(token), move || {
             async move {
                 if let Some(current) = core.cache.get(&token) {
                     if current.expires_at > data.expires_at {

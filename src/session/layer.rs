@@ -32,6 +32,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// | [`cache_ttl`](Self::cache_ttl) | 30 s |
 /// | [`expired_retention`](Self::expired_retention) | 24 h |
 /// | [`store_timeout`](Self::store_timeout) | 2 s |
+/// | [`max_in_flight`](Self::max_in_flight) | 10 000 store calls |
 /// | [`negative_cache_ttl`](Self::negative_cache_ttl) / [`negative_cache_capacity`](Self::negative_cache_capacity) | 5 s / 10 000 ids ([`no_negative_cache`](Self::no_negative_cache) disables it) |
 /// | [`invalidation_channel`](Self::invalidation_channel) | none |
 /// | [`clock`](Self::clock) | [`CoarseClock`] |
@@ -93,6 +94,17 @@ impl SessionRefreshBuilder {
     /// `store_unavailable`.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.config.store_timeout = timeout;
+        self
+    }
+
+    /// How many store reads (and, for sessions, renewals) may wait on the
+    /// store at once in this process, each for a distinct key (10 000 by
+    /// default; at least 1). Requests for a key already in flight join it;
+    /// past the cap a new key is answered `store_unavailable` without a
+    /// store call, so a flood of distinct tokens or organizations while the
+    /// store lags cannot pile up unbounded work.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.config.max_in_flight = max;
         self
     }
 
@@ -172,6 +184,9 @@ impl SessionRefreshBuilder {
                     duration: config.duration,
                 });
             }
+        }
+        if config.max_in_flight == 0 {
+            return Err(ConfigError::ZeroMaxInFlight);
         }
         if config.cache_capacity == 0 {
             return Err(ConfigError::ZeroCacheCapacity);
@@ -275,6 +290,7 @@ impl SessionRefreshLayer {
                 store_timeout: Duration::from_secs(2),
                 negative_ttl: Some(Duration::from_secs(5)),
                 negative_capacity: 10_000,
+                max_in_flight: 10_000,
             },
             clock: Arc::new(CoarseClock::new()),
             channel: None,

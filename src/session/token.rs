@@ -105,6 +105,19 @@ impl SessionToken {
     }
 }
 
+/// A token as a key of maps that client input fills (the single-flight
+/// maps): hashed over all of its characters, unlike [`SessionToken`]'s
+/// own `Hash`, which takes the first eight and suits only the caches that
+/// hold tokens of existing sessions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WholeToken(pub(crate) SessionToken);
+
+impl std::hash::Hash for WholeToken {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0 .0);
+    }
+}
+
 impl fmt::Display for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(std::str::from_utf8(&self.0).expect("a parsed token is ASCII"))

@@ -47,6 +47,7 @@ struct EntitlementsConfig {
     cache_capacity: u64,
     store_timeout: Duration,
     on_store_error: OnStoreError,
+    max_in_flight: usize,
 }
 
 type LoadOutcome = Result<Arc<OrganizationSubscriptions>, StoreError>;
@@ -331,6 +332,7 @@ impl Entitlements {
                 cache_capacity: 100_000,
                 store_timeout: Duration::from_secs(2),
                 on_store_error: OnStoreError::FailClosed,
+                max_in_flight: 10_000,
             },
             clock: Arc::new(CoarseClock::new()),
             channel: None,
@@ -442,6 +444,7 @@ impl Entitlements {
 /// | [`cache_capacity`](Self::cache_capacity) | 100 000 organizations |
 /// | [`store_timeout`](Self::store_timeout) | 2 s |
 /// | [`on_store_error`](Self::on_store_error) | [`OnStoreError::FailClosed`] |
+/// | [`max_in_flight`](Self::max_in_flight) | 10 000 store reads |
 /// | [`invalidation_channel`](Self::invalidation_channel) | none |
 /// | [`clock`](Self::clock) | [`CoarseClock`] |
 #[must_use = "a builder does nothing until `build` is called"]
@@ -498,6 +501,17 @@ impl EntitlementsBuilder {
         self
     }
 
+    /// How many store reads may wait on the
+    /// store at once in this process, each for a distinct key (10 000 by
+    /// default; at least 1). Requests for a key already in flight join it;
+    /// past the cap a new key is answered `store_unavailable` without a
+    /// store call, so a flood of distinct tokens or organizations while the
+    /// store lags cannot pile up unbounded work.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.config.max_in_flight = max;
+        self
+    }
+
     /// Shares subscription changes with other instances through `channel`
     /// (see [`crate::invalidation`]): [`Entitlements::invalidate`] and
     /// [`Entitlements::apply`] publish, and changes published elsewhere
@@ -519,6 +533,9 @@ impl EntitlementsBuilder {
         }
         if config.store_timeout.is_zero() {
             return Err(ConfigError::ZeroStoreTimeout);
+        }
+        if config.max_in_flight == 0 {
+            return Err(ConfigError::ZeroMaxInFlight);
         }
         let stale = match config.on_store_error {
             OnStoreError::ServeStale(window) => window,
@@ -550,7 +567,7 @@ impl EntitlementsBuilder {
         let core = Arc::new(EntitlementsCore {
             store: self.store,
             cache,
-            loads: SingleFlight::new(),
+            loads: SingleFlight::new(self.config.max_in_flight),
             config: self.config,
             clock: self.clock,
             invalidations: Generations::new(),
