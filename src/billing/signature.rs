@@ -57,7 +57,12 @@ pub struct WebhookVerifier {
     keyed_mac: Hmac<Sha256>,
     /// How far `t` may be from now, in either direction.
     tolerance: Duration,
+    /// How many `,`-separated entries a header may carry.
+    max_entries: usize,
 }
+
+/// How many `,`-separated entries a header may have unless configured.
+pub(super) const DEFAULT_MAX_ENTRIES: usize = 16;
 
 impl WebhookVerifier {
     /// A verifier for webhooks signed with `secret`, accepting a `t` up to
@@ -81,6 +86,7 @@ impl WebhookVerifier {
         Ok(Self {
             keyed_mac: Hmac::new_from_slice(&secret).expect("HMAC accepts keys of any length"),
             tolerance: DEFAULT_TOLERANCE,
+            max_entries: DEFAULT_MAX_ENTRIES,
         })
     }
 
@@ -91,6 +97,15 @@ impl WebhookVerifier {
     #[must_use]
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         self.tolerance = tolerance;
+        self
+    }
+
+    /// Sets how many `,`-separated entries a header may carry (default 16;
+    /// at least 2, a `t` and a `v1`): a header with more is refused
+    /// ([`SignatureError::TooManyEntries`]) before any MAC is computed.
+    #[must_use]
+    pub fn max_entries(mut self, max_entries: usize) -> Self {
+        self.max_entries = max_entries.max(2);
         self
     }
 
@@ -112,6 +127,13 @@ impl WebhookVerifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), SignatureError> {
+        if header
+            .split(|&byte| byte == b',')
+            .nth(self.max_entries)
+            .is_some()
+        {
+            return Err(SignatureError::TooManyEntries);
+        }
         let (timestamp_digits, timestamp) = signed_timestamp(header)?;
         let expected = self.mac_for(timestamp_digits, body);
 
@@ -191,6 +213,7 @@ impl fmt::Debug for WebhookVerifier {
         f.debug_struct("WebhookVerifier")
             .field("secret", &"[redacted]")
             .field("tolerance", &self.tolerance)
+            .field("max_entries", &self.max_entries)
             .finish()
     }
 }
@@ -313,6 +336,33 @@ mod tests {
     fn tag_for(verifier: &WebhookVerifier, t: &str, body: &[u8]) -> String {
         let tag = verifier.mac_for(t.as_bytes(), body).finalize().into_bytes();
         tag.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    #[test]
+    fn a_header_with_too_many_entries_is_refused_before_any_mac() {
+        let now = at(1_700_000_000);
+        let valid = format!("t=1700000000,v1={KNOWN_TAG}");
+        let junk = |count: usize| vec!["v1=00"; count].join(",");
+        // 16 entries (t, 14 junk v1, the valid v1) pass; 17 do not.
+        let sixteen = format!("{},{valid}", junk(14));
+        assert_eq!(verifier().verify(sixteen.as_bytes(), BODY, now), Ok(()));
+        let seventeen = format!("{},{valid}", junk(15));
+        assert_eq!(
+            verifier().verify(seventeen.as_bytes(), BODY, now),
+            Err(SignatureError::TooManyEntries)
+        );
+        let thousands = format!("{valid},{}", junk(10_000));
+        assert_eq!(
+            verifier().verify(thousands.as_bytes(), BODY, now),
+            Err(SignatureError::TooManyEntries)
+        );
+        let strict = verifier().max_entries(2);
+        assert_eq!(strict.verify(valid.as_bytes(), BODY, now), Ok(()));
+        let three = format!("{valid},v0=ab");
+        assert_eq!(
+            strict.verify(three.as_bytes(), BODY, now),
+            Err(SignatureError::TooManyEntries)
+        );
     }
 
     #[test]

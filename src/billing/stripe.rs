@@ -89,7 +89,9 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::signature::{entries, lower_hex, signed_timestamp, within_tolerance};
+use super::signature::{
+    entries, lower_hex, signed_timestamp, within_tolerance, DEFAULT_MAX_ENTRIES,
+};
 use super::{PayloadError, SignatureError, WebhookError, WebhookReceipt, MAX_ID_CHARS};
 use crate::error::StoreError;
 use crate::subscription::{Entitlements, Subscription, SubscriptionChange, SubscriptionStatus};
@@ -101,9 +103,6 @@ pub const STRIPE_SIGNATURE: HeaderName = HeaderName::from_static("stripe-signatu
 /// How far `t` may be from now, in either direction, unless configured
 /// (Stripe's libraries use the same default).
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
-
-/// How many `,`-separated entries a header may have unless configured.
-const DEFAULT_MAX_ENTRIES: usize = 16;
 
 /// The metadata key the organization is read from unless configured.
 const DEFAULT_METADATA_KEY: &str = "organization_id";

@@ -95,6 +95,7 @@ pub use self::layer::{SessionRefreshBuilder, SessionRefreshLayer};
 pub use self::service::SessionRefresh;
 pub use self::source::{
     BearerSource, CookieSource, HeaderSource, SameSite, TokenError, TokenSource,
+    DEFAULT_COOKIE_NAME,
 };
 pub use self::store::{
     InvalidCursor, MemorySessionStore, PageRequest, SessionCursor, SessionOwner, SessionPage,

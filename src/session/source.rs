@@ -167,8 +167,16 @@ impl SameSite {
 /// Reads the token from a cookie and re-sends the cookie, with the new
 /// `Max-Age`, whenever the session is renewed.
 ///
-/// Defaults: name `session`, `Path=/`, `HttpOnly`, `Secure`,
-/// `SameSite=Lax`, no `Domain`. Its 401s challenge with
+/// [`CookieSource::default()`] reads `__Host-session`: the `__Host-`
+/// prefix makes browsers accept the cookie only from this very host, with
+/// `Secure`, `Path=/` and no `Domain`, so a sibling subdomain cannot plant
+/// a session cookie of its choosing (session fixation). Prefer a
+/// `__Host-` name with [`new`](Self::new) too. Attributes default to
+/// `Path=/`, `HttpOnly`, `Secure`, `SameSite=Lax`, no `Domain`.
+///
+/// A request that carries the cookie more than once is `session_invalid`:
+/// browsers send every cookie whose domain and path match, so a duplicate
+/// means another site or path planted one. Its 401s challenge with
 /// `Session cookie="<name>"`; [`clear_cookie`](Self::clear_cookie) is the
 /// logout's `Set-Cookie`.
 ///
@@ -194,6 +202,18 @@ pub struct CookieSource {
     domain: Option<String>,
     secure: bool,
     same_site: SameSite,
+}
+
+/// The cookie name [`CookieSource::default()`] reads.
+pub const DEFAULT_COOKIE_NAME: &str = "__Host-session";
+
+/// The prefix that binds a cookie to its host (RFC 6265bis).
+const HOST_PREFIX: &str = "__Host-";
+
+impl Default for CookieSource {
+    fn default() -> Self {
+        Self::new(DEFAULT_COOKIE_NAME)
+    }
 }
 
 impl CookieSource {
@@ -228,22 +248,45 @@ impl CookieSource {
     /// # Panics
     /// When `path` holds `;`, `,`, whitespace or control characters (it
     /// could not be sent, or would inject attributes): a programming error.
+    ///
+    /// A `__Host-` cookie must have `Path=/`: any other path panics.
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.path = cookie_attribute("path", path.into());
+        assert!(
+            !self.host_bound() || self.path == "/",
+            "a {HOST_PREFIX} cookie must have Path=/ (browsers refuse it otherwise)"
+        );
         self
+    }
+
+    fn host_bound(&self) -> bool {
+        self.name.starts_with(HOST_PREFIX)
     }
 
     /// Sets the cookie's `Domain` (default: none, host-only).
     ///
     /// # Panics
-    /// As [`path`](Self::path), for the domain.
+    /// As [`path`](Self::path), for the domain; and for a `__Host-` cookie,
+    /// which must not have a `Domain`.
     pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        assert!(
+            !self.host_bound(),
+            "a {HOST_PREFIX} cookie cannot have a Domain; use another name to share it with subdomains"
+        );
         self.domain = Some(cookie_attribute("domain", domain.into()));
         self
     }
 
     /// Turns `Secure` off, for plain-HTTP local development only.
+    ///
+    /// # Panics
+    /// For a `__Host-` cookie, which browsers accept only with `Secure`
+    /// (they do over `http://localhost`, so local development keeps it).
     pub fn insecure(mut self) -> Self {
+        assert!(
+            !self.host_bound(),
+            "a {HOST_PREFIX} cookie must be Secure; browsers send Secure cookies to http://localhost"
+        );
         self.secure = false;
         self
     }
@@ -322,9 +365,10 @@ impl fmt::Debug for CookieSource {
 
 impl TokenSource for CookieSource {
     fn token(&self, head: &RequestHead<'_>) -> Result<SessionToken, TokenError> {
-        // Browsers may send several cookies of one name (set for different
-        // paths): the first that is a token counts.
-        let mut outcome = Err(TokenError::Missing);
+        // Exactly one cookie of this name: a second one was planted by a
+        // sibling subdomain or for another path, and which one the client
+        // means cannot be told, so neither is trusted.
+        let mut found: Option<&[u8]> = None;
         for header in head.headers().get_all(COOKIE) {
             for pair in header.as_bytes().split(|&b| b == b';') {
                 let pair = trim_spaces(pair);
@@ -332,18 +376,18 @@ impl TokenSource for CookieSource {
                     continue;
                 };
                 if &pair[..eq] == self.name.as_bytes() {
-                    let mut value = &pair[eq + 1..];
-                    if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
-                        value = &value[1..value.len() - 1];
+                    if found.is_some() {
+                        return Err(TokenError::Malformed);
                     }
-                    match SessionToken::parse_bytes(value) {
-                        Ok(token) => return Ok(token),
-                        Err(_) => outcome = Err(TokenError::Malformed),
-                    }
+                    found = Some(&pair[eq + 1..]);
                 }
             }
         }
-        outcome
+        let mut value = found.ok_or(TokenError::Missing)?;
+        if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
+            value = &value[1..value.len() - 1];
+        }
+        Ok(SessionToken::parse_bytes(value)?)
     }
 
     fn on_renewal(
@@ -465,5 +509,69 @@ mod tests {
                 "sid={token}; Max-Age=5; Path=/app; Domain=example.com; HttpOnly; SameSite=Strict"
             )
         );
+    }
+
+    #[test]
+    fn a_duplicate_cookie_is_malformed_whichever_comes_first() {
+        let mine = SessionToken::generate().expect("os randomness");
+        let planted = SessionToken::generate().expect("os randomness");
+        let source = CookieSource::default();
+        let cookie = |value: String| {
+            let request = Request::builder()
+                .header("cookie", value)
+                .body(())
+                .expect("valid request");
+            source.token(&RequestHead::of(&request))
+        };
+        assert_eq!(cookie(format!("__Host-session={mine}")), Ok(mine));
+        for header in [
+            format!("__Host-session={mine}; __Host-session={planted}"),
+            format!("__Host-session={planted}; a=1; __Host-session={mine}"),
+            format!("__Host-session=junk; __Host-session={mine}"),
+        ] {
+            assert_eq!(
+                cookie(header.clone()),
+                Err(TokenError::Malformed),
+                "{header}"
+            );
+        }
+        // Split over two Cookie headers (HTTP/2 sends one per cookie).
+        let request = Request::builder()
+            .header("cookie", format!("__Host-session={mine}"))
+            .header("cookie", format!("__Host-session={planted}"))
+            .body(())
+            .expect("valid request");
+        assert_eq!(
+            source.token(&RequestHead::of(&request)),
+            Err(TokenError::Malformed)
+        );
+        // Another name is not this cookie, nor is the unprefixed one.
+        assert_eq!(
+            cookie(format!("session={planted}; __Host-session={mine}")),
+            Ok(mine)
+        );
+    }
+
+    #[test]
+    fn the_default_cookie_is_host_bound() {
+        let token = SessionToken::generate().expect("os randomness");
+        assert_eq!(
+            CookieSource::default().set_cookie(&token, Duration::from_secs(60)),
+            format!("__Host-session={token}; Max-Age=60; Path=/; HttpOnly; Secure; SameSite=Lax")
+                .as_str()
+        );
+        for (what, configure) in [
+            (
+                "domain",
+                (|c| c.domain("example.com")) as fn(CookieSource) -> CookieSource,
+            ),
+            ("path", |c| c.path("/app")),
+            ("insecure", |c| c.insecure()),
+        ] {
+            let refused = std::panic::catch_unwind(|| configure(CookieSource::default()));
+            assert!(refused.is_err(), "a __Host- cookie refuses {what}");
+        }
+        // Path=/ stays allowed.
+        let _ = CookieSource::default().path("/");
     }
 }

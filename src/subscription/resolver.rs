@@ -98,11 +98,17 @@ impl FromHeader {
 
 impl OrganizationResolver for FromHeader {
     fn organization<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, str>> {
+        // UTF-8, not only visible ASCII: organization ids may be any text
+        // (within the limit, counted in characters).
         head.headers()
             .get(&self.name)
-            .and_then(|value| value.to_str().ok())
+            .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
             .map(str::trim)
-            .filter(|value| !value.is_empty() && value.len() <= self.max_length)
+            .filter(|value| {
+                !value.is_empty()
+                    && (value.len() <= self.max_length
+                        || value.chars().nth(self.max_length).is_none())
+            })
             .map(Cow::Borrowed)
     }
 }
@@ -121,5 +127,51 @@ impl OrganizationResolver for FromExtension {
         head.extensions()
             .get::<OrganizationId>()
             .map(|id| Cow::Borrowed(id.0.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderValue, Request};
+
+    use super::*;
+
+    fn organization(resolver: &FromHeader, value: &[u8]) -> Option<String> {
+        let mut request = Request::new(());
+        request.headers_mut().insert(
+            "x-organization-id",
+            HeaderValue::from_bytes(value).expect("a header value"),
+        );
+        resolver
+            .organization(&RequestHead::of(&request))
+            .map(Cow::into_owned)
+    }
+
+    #[test]
+    fn from_header_takes_utf8_and_counts_its_limit_in_characters() {
+        let resolver = FromHeader::new(HeaderName::from_static("x-organization-id"));
+        assert_eq!(
+            organization(&resolver, "  société-1 ".as_bytes()).as_deref(),
+            Some("société-1")
+        );
+        let at_limit = "é".repeat(128); // 256 bytes, 128 characters
+        assert_eq!(
+            organization(&resolver, at_limit.as_bytes()),
+            Some(at_limit.clone())
+        );
+        let over = "é".repeat(129);
+        assert_eq!(organization(&resolver, over.as_bytes()), None);
+        assert_eq!(
+            organization(&resolver, &[b'o', 0xff, b'g']),
+            None,
+            "not UTF-8"
+        );
+        assert_eq!(organization(&resolver, b"   "), None, "blank");
+        let short = resolver.max_length(3);
+        assert_eq!(
+            organization(&short, "ééé".as_bytes()).as_deref(),
+            Some("ééé")
+        );
+        assert_eq!(organization(&short, b"abcd"), None);
     }
 }
