@@ -19,7 +19,10 @@
 //!   the "trusted" flag) on every use, exactly as for a moka hit.
 //!
 //! So a revocation or an invalidation is seen at once by every thread, and
-//! everything else is at most as old as a moka hit could be. Tables are
+//! everything else is at most as old as a moka hit could be. Slots hold
+//! `Weak` pointers: once moka (and the requests under way) let go of an
+//! entry, its payload is freed, even in the tables of threads that never
+//! run again, so no revoked session's personal data lingers in memory. Tables are
 //! direct-mapped, a few dozen slots per thread and kind of entry; entries
 //! of one layer are told from another's by the owner id each cache gets
 //! when it is built.
@@ -38,7 +41,7 @@ use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::LocalKey;
 
 use crate::cache::generations::Generations;
@@ -116,7 +119,11 @@ struct Slot<K, V> {
     key_hash: u64,
     key: K,
     generation: u64,
-    value: Arc<V>,
+    /// Weak: the cache (and requests under way) own entries, a thread's
+    /// table only points at them. An entry the cache dropped (revoked,
+    /// invalidated, evicted) is freed with its payload even if this thread
+    /// never looks at the slot again.
+    value: Weak<V>,
 }
 
 struct Place<K, V> {
@@ -173,11 +180,14 @@ impl<K, V> HotTable<K, V> {
         if slot.owner != owner || slot.key_hash != key_hash || slot.key.borrow() != key {
             return None;
         }
-        if slot.generation != generation {
-            place.slot = None;
-            return None;
-        }
-        usable(&slot.value).then(|| Arc::clone(&slot.value))
+        let value = match slot.value.upgrade() {
+            Some(value) if slot.generation == generation => value,
+            _ => {
+                place.slot = None;
+                return None;
+            }
+        };
+        usable(&value).then_some(value)
     }
 
     /// Offers `value` for `key`, fetched while the key's stripe was at
@@ -209,7 +219,7 @@ impl<K, V> HotTable<K, V> {
             key_hash,
             key: key(),
             generation,
-            value: Arc::clone(value),
+            value: Arc::downgrade(value),
         });
     }
 }
@@ -218,18 +228,21 @@ impl<K, V> HotTable<K, V> {
 mod tests {
     use super::*;
 
-    /// Offers twice in a row, so that the key takes its place.
+    /// Offers twice in a row, so that the key takes its place; returns the
+    /// entry, which the caller holds as the cache would.
+    #[must_use]
     fn put(
         table: &mut HotTable<String, u32>,
         key_hash: u64,
         key: &str,
         generation: u64,
         value: u32,
-    ) {
+    ) -> Arc<u32> {
         let value = Arc::new(value);
         for _ in 0..2 {
             table.offer(1, key_hash, || key.to_owned(), generation, &value);
         }
+        value
     }
 
     #[test]
@@ -237,7 +250,7 @@ mod tests {
         let mut table: HotTable<String, u32> = HotTable::new();
         let always = |_: &u32| true;
         assert!(table.get(1, 7, "a", 0, always).is_none(), "empty");
-        put(&mut table, 7, "a", 3, 10);
+        let _cached = put(&mut table, 7, "a", 3, 10);
         assert_eq!(table.get(1, 7, "a", 3, always).as_deref(), Some(&10));
         assert!(table.get(2, 7, "a", 3, always).is_none(), "other owner");
         assert!(table.get(1, 7, "b", 3, always).is_none(), "other key");
@@ -256,9 +269,24 @@ mod tests {
         for _ in 0..2 {
             table.offer(1, 7, || "a".to_owned(), 3, &value);
         }
-        assert_eq!(Arc::strong_count(&value), 2, "held by the table");
+        assert_eq!(Arc::weak_count(&value), 1, "pointed at by the table");
         assert!(table.get(1, 7, "a", 4, |_| true).is_none());
-        assert_eq!(Arc::strong_count(&value), 1, "dropped, not kept");
+        assert_eq!(Arc::weak_count(&value), 0, "dropped, not kept");
+        assert!(table.get(1, 7, "a", 3, |_| true).is_none());
+    }
+
+    #[test]
+    fn an_entry_the_cache_dropped_is_freed_without_the_thread_looking() {
+        let mut table: HotTable<String, Vec<u8>> = HotTable::new();
+        let payload = Arc::new(vec![7u8; 1024]);
+        for _ in 0..2 {
+            table.offer(1, 7, || "a".to_owned(), 3, &payload);
+        }
+        let watch = Arc::downgrade(&payload);
+        assert!(table.get(1, 7, "a", 3, |_| true).is_some(), "served while cached");
+        // The cache lets go (a revocation); this thread never looks again.
+        drop(payload);
+        assert!(watch.upgrade().is_none(), "the payload is freed at once");
         assert!(table.get(1, 7, "a", 3, |_| true).is_none());
     }
 
@@ -275,11 +303,11 @@ mod tests {
         }
         assert!(table.get(1, 7, "a", 0, always).is_none());
         assert!(table.get(1, 8, "b", 0, always).is_none());
-        assert_eq!(Arc::strong_count(&ten), 1);
+        assert_eq!(Arc::weak_count(&ten), 0);
         // Twice in a row: admitted; later a newer key takes the place.
-        put(&mut table, 7, "a", 0, 10);
+        let _first = put(&mut table, 7, "a", 0, 10);
         assert_eq!(table.get(1, 7, "a", 0, always).as_deref(), Some(&10));
-        put(&mut table, 8, "b", 0, 20);
+        let _second = put(&mut table, 8, "b", 0, 20);
         assert!(table.get(1, 7, "a", 0, always).is_none());
         assert_eq!(table.get(1, 8, "b", 0, always).as_deref(), Some(&20));
     }
