@@ -45,6 +45,14 @@ pub enum ConfigError {
     /// The cache time-to-live is zero; use at least one millisecond.
     #[error("cache time-to-live must be greater than zero")]
     ZeroCacheTtl,
+    /// A token-signing key is shorter than 256 bits.
+    #[error("a token key must be at least {minimum} bytes (got {length}); use 32 random bytes")]
+    TokenKeyTooShort {
+        /// The key's length in bytes.
+        length: usize,
+        /// The shortest key accepted.
+        minimum: usize,
+    },
     /// `max_in_flight` is zero, so no request could ever reach the store.
     #[error("max_in_flight must be at least 1")]
     ZeroMaxInFlight,

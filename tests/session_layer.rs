@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_saas_guard::session::{
     BearerSource, CookieSource, HeaderSource, MemorySessionStore, Session, SessionRefreshLayer,
-    SessionToken, TokenError, SESSION_EXPIRES_AT,
+    SessionToken, TokenError, TokenKeys, SESSION_EXPIRES_AT,
 };
 use tower_saas_guard::{rfc3339_millis, Clock, ConfigError, ManualClock, RequestHead};
 
@@ -1151,6 +1151,98 @@ async fn past_max_in_flight_a_new_token_is_refused_without_a_store_call() {
             .build(),
         Err(ConfigError::ZeroMaxInFlight)
     ));
+}
+
+#[tokio::test]
+async fn with_token_keys_forged_tokens_never_reach_the_store_and_keys_rotate() {
+    const OLD: &[u8] = b"an old key, 32 bytes or longer..";
+    const NEW: &[u8] = b"the new key, 32 bytes or longer.";
+    let store = ProbeStore::default();
+    let clock = ManualClock::new(epoch());
+    let layer = |keys: TokenKeys| {
+        SessionRefreshLayer::builder(store.clone())
+            .clock(clock.clone())
+            .token_keys(keys)
+            .build()
+            .expect("valid configuration")
+    };
+    let before = layer(TokenKeys::new(OLD).expect("key"));
+    let old_token = before
+        .handle()
+        .create(Some("org_1"), json!({}))
+        .await
+        .expect("create")
+        .token;
+    let service = echo_service(before.clone());
+    assert_eq!(
+        send(&service, with_token(&old_token)).await.status,
+        StatusCode::OK
+    );
+
+    // Well-formed tokens the server never minted: refused, no store read.
+    let loads = store.loads();
+    for _ in 0..100 {
+        let forged = SessionToken::generate().expect("os randomness");
+        assert_rejected(
+            &send(&service, with_token(&forged)).await,
+            "session_invalid",
+        );
+        assert!(before
+            .handle()
+            .get(&forged)
+            .await
+            .expect("no store call")
+            .is_none());
+    }
+    assert_eq!(
+        store.loads(),
+        loads,
+        "not one store read for a forged token"
+    );
+
+    // Rotation: a new current key, the old one kept as previous. A cold
+    // layer (another instance) accepts both generations of tokens.
+    let rotated = layer(
+        TokenKeys::new(NEW)
+            .and_then(|keys| keys.previous(OLD))
+            .expect("keys"),
+    );
+    let new_token = rotated
+        .handle()
+        .create(Some("org_1"), json!({}))
+        .await
+        .expect("create")
+        .token;
+    let service = echo_service(rotated);
+    for token in [&old_token, &new_token] {
+        assert_eq!(
+            send(&service, with_token(token)).await.status,
+            StatusCode::OK
+        );
+    }
+    // The old key dropped: its tokens end, the new ones live on.
+    let service = echo_service(layer(TokenKeys::new(NEW).expect("key")));
+    assert_rejected(
+        &send(&service, with_token(&old_token)).await,
+        "session_invalid",
+    );
+    assert_eq!(
+        send(&service, with_token(&new_token)).await.status,
+        StatusCode::OK
+    );
+    // Without keys, nothing changes: a signed token is still a token.
+    let plain = echo_service(fixture_free_layer(&store, &clock));
+    assert_eq!(
+        send(&plain, with_token(&new_token)).await.status,
+        StatusCode::OK
+    );
+}
+
+fn fixture_free_layer(store: &ProbeStore, clock: &ManualClock) -> SessionRefreshLayer {
+    SessionRefreshLayer::builder(store.clone())
+        .clock(clock.clone())
+        .build()
+        .expect("valid configuration")
 }
 
 #[tokio::test]

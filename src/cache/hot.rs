@@ -283,7 +283,10 @@ mod tests {
             table.offer(1, 7, || "a".to_owned(), 3, &payload);
         }
         let watch = Arc::downgrade(&payload);
-        assert!(table.get(1, 7, "a", 3, |_| true).is_some(), "served while cached");
+        assert!(
+            table.get(1, 7, "a", 3, |_| true).is_some(),
+            "served while cached"
+        );
         // The cache lets go (a revocation); this thread never looks again.
         drop(payload);
         assert!(watch.upgrade().is_none(), "the payload is freed at once");

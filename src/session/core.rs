@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::signing::TokenKeys;
 use super::store::{PageRequest, SessionOwner, SessionPage, SessionRecord, SessionStore};
 use super::token::{SessionId, SessionToken, WholeToken};
 use crate::cache::generations::{Confirmed, Generations};
@@ -40,6 +41,9 @@ pub(crate) struct SessionConfig {
     pub(crate) store_timeout: Duration,
     /// Distinct tokens whose load or renewal may wait on the store at once.
     pub(crate) max_in_flight: usize,
+    /// With keys, tokens are minted signed and unsigned ones refused
+    /// before any store read.
+    pub(crate) token_keys: Option<TokenKeys>,
     /// How long an unknown session id is remembered; `None`: not at all.
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) negative_capacity: u64,
@@ -546,6 +550,15 @@ impl SessionCore {
         }
     }
 
+    /// Whether `token` may be one of ours: always without token keys, else
+    /// when one of them signed it.
+    pub(crate) fn minted_here(&self, token: &SessionToken) -> bool {
+        self.config
+            .token_keys
+            .as_ref()
+            .is_none_or(|keys| keys.signed(token))
+    }
+
     /// The slow path: load (unless `seen` is fresh and only needs a
     /// renewal), reject what is unknown or expired, renew when due.
     pub(crate) async fn resolve(
@@ -554,6 +567,10 @@ impl SessionCore {
         seen: Option<Arc<SessionData>>,
         activity: bool,
     ) -> Result<(Arc<SessionData>, bool), Rejection> {
+        if seen.is_none() && !self.minted_here(&token) {
+            // Never minted under our keys: no store read, nothing cached.
+            return Err(Rejection::new(ErrorCode::SessionInvalid));
+        }
         let now = self.clock.now();
         let data = match seen {
             Some(data) if self.classify(&data, now, activity) == Verdict::Renew => data,
@@ -754,7 +771,11 @@ impl SessionHandle {
     ) -> Result<CreatedSession, StoreError> {
         let core = &self.core;
         let payload = serde_json::to_value(payload).map_err(StoreError::serialization)?;
-        let token = SessionToken::generate().map_err(StoreError::randomness)?;
+        let token = match &core.config.token_keys {
+            Some(keys) => keys.mint(),
+            None => SessionToken::generate(),
+        }
+        .map_err(StoreError::randomness)?;
         let created_at = truncate_to_millis(core.clock.now());
         let expires_at = created_at + core.config.duration;
         let record = SessionRecord {
@@ -922,6 +943,7 @@ impl SessionHandle {
             Some(data) if core.classify(&data, core.clock.now(), false) == Verdict::Valid => {
                 Some(data)
             }
+            None if !core.minted_here(token) => None,
             stale => core.load(*token, stale).await?,
         };
         Ok(data

@@ -33,6 +33,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// | [`expired_retention`](Self::expired_retention) | 24 h |
 /// | [`store_timeout`](Self::store_timeout) | 2 s |
 /// | [`max_in_flight`](Self::max_in_flight) | 10 000 store calls |
+/// | [`token_keys`](Self::token_keys) | none (tokens unsigned) |
 /// | [`negative_cache_ttl`](Self::negative_cache_ttl) / [`negative_cache_capacity`](Self::negative_cache_capacity) | 5 s / 10 000 ids ([`no_negative_cache`](Self::no_negative_cache) disables it) |
 /// | [`invalidation_channel`](Self::invalidation_channel) | none |
 /// | [`clock`](Self::clock) | [`CoarseClock`] |
@@ -105,6 +106,15 @@ impl SessionRefreshBuilder {
     /// store lags cannot pile up unbounded work.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.config.max_in_flight = max;
+        self
+    }
+
+    /// Signs the tokens this layer mints with `keys`, and refuses tokens
+    /// none of them signed as `session_invalid` without a store read (see
+    /// [`TokenKeys`](super::TokenKeys) for the token format and rotation).
+    /// Off by default.
+    pub fn token_keys(mut self, keys: super::TokenKeys) -> Self {
+        self.config.token_keys = Some(keys);
         self
     }
 
@@ -291,6 +301,7 @@ impl SessionRefreshLayer {
                 negative_ttl: Some(Duration::from_secs(5)),
                 negative_capacity: 10_000,
                 max_in_flight: 10_000,
+                token_keys: None,
             },
             clock: Arc::new(CoarseClock::new()),
             channel: None,

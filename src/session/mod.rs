@@ -80,6 +80,7 @@ mod activity;
 mod core;
 mod layer;
 mod service;
+mod signing;
 mod source;
 mod store;
 mod token;
@@ -93,6 +94,7 @@ pub const SESSION_EXPIRES_AT: http::HeaderName =
     http::HeaderName::from_static("x-session-expires-at");
 pub use self::layer::{SessionRefreshBuilder, SessionRefreshLayer};
 pub use self::service::SessionRefresh;
+pub use self::signing::{TokenKeys, MIN_TOKEN_KEY_BYTES};
 pub use self::source::{
     BearerSource, CookieSource, HeaderSource, SameSite, TokenError, TokenSource,
     DEFAULT_COOKIE_NAME,

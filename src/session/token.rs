@@ -124,6 +124,36 @@ impl fmt::Display for SessionToken {
     }
 }
 
+impl SessionToken {
+    /// A token whose 32 bytes are `bytes` (for minting signed tokens).
+    pub(crate) fn from_bytes(bytes: &[u8; TOKEN_BYTES]) -> Self {
+        Self(encode(bytes))
+    }
+
+    /// The 32 bytes the token's text encodes.
+    pub(crate) fn to_bytes(self) -> [u8; TOKEN_BYTES] {
+        decode(&self.0)
+    }
+}
+
+/// The 32 bytes of a token's text (which `parse_bytes` checked: every
+/// character is in the alphabet).
+fn decode(text: &[u8; TOKEN_CHARS]) -> [u8; TOKEN_BYTES] {
+    let value = |at: usize| u32::from(DECODE[usize::from(text[at])] & 0x3f);
+    let mut bytes = [0u8; TOKEN_BYTES];
+    for group in 0..10 {
+        let at = group * 4;
+        let bits = (value(at) << 18) | (value(at + 1) << 12) | (value(at + 2) << 6) | value(at + 3);
+        bytes[group * 3] = (bits >> 16) as u8;
+        bytes[group * 3 + 1] = (bits >> 8) as u8;
+        bytes[group * 3 + 2] = bits as u8;
+    }
+    let bits = (value(40) << 12) | (value(41) << 6) | value(42);
+    bytes[30] = (bits >> 10) as u8;
+    bytes[31] = (bits >> 2) as u8;
+    bytes
+}
+
 /// base64url without padding of 32 bytes: 43 characters.
 fn encode(bytes: &[u8; TOKEN_BYTES]) -> [u8; TOKEN_CHARS] {
     let mut text = [0u8; TOKEN_CHARS];
