@@ -33,9 +33,11 @@
 //! [`malformed_subscription_is_an_error`] take a hook that writes a
 //! malformed record the way only your backend can, and
 //! [`invalidation_channel_suite`] checks a channel, alone and under two
-//! layers.
+//! layers. [`faults`] wraps any store to make chosen operations fail, lag,
+//! hang or return undecodable records, by script or by probability.
 
 mod channel;
+pub mod faults;
 mod sessions;
 mod subscriptions;
 
