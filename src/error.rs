@@ -200,6 +200,28 @@ impl StdError for StoreError {
     }
 }
 
+/// [`with_timeout`], traced: one `trace` event per store call with its
+/// latency, one `debug` event per failure (the callers warn once they
+/// decide what the failure means). Never a token or a full id: store
+/// calls are named by operation only.
+pub(crate) async fn timed_store_call<T>(
+    store: &'static str,
+    op: &'static str,
+    timeout: Duration,
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let outcome = with_timeout(timeout, operation).await;
+    let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match &outcome {
+        Ok(_) => tracing::trace!(store, op, elapsed_us, "store call"),
+        Err(error) => {
+            tracing::debug!(store, op, elapsed_us, kind = ?error.kind(), %error, "store call failed");
+        }
+    }
+    outcome
+}
+
 /// Runs a store `operation`, cut off after `timeout` as
 /// [`StoreErrorKind::Timeout`]. Without a Tokio runtime to time it with (a
 /// non-Tokio executor), it runs without the cut-off rather than panic.

@@ -428,9 +428,10 @@ impl SessionCore {
 
     async fn with_timeout<T>(
         &self,
+        op: &'static str,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        crate::error::with_timeout(self.config.store_timeout, operation).await
+        crate::error::timed_store_call("session", op, self.config.store_timeout, operation).await
     }
 
     /// Caches `data` unless a revocation of its token happened since
@@ -561,7 +562,44 @@ impl SessionCore {
 
     /// The slow path: load (unless `seen` is fresh and only needs a
     /// renewal), reject what is unknown or expired, renew when due.
+    ///
+    /// Traced (the hit path is not): a `debug` event with the outcome, the
+    /// session's [`log_ref`](SessionId::log_ref) or the rejection's code,
+    /// whether it was cached, and the time taken.
     pub(crate) async fn resolve(
+        self: Arc<Self>,
+        token: SessionToken,
+        seen: Option<Arc<SessionData>>,
+        activity: bool,
+    ) -> Result<(Arc<SessionData>, bool), Rejection> {
+        let cached = seen.is_some();
+        let started = std::time::Instant::now();
+        let outcome = self.decide(token, seen, activity).await;
+        let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match &outcome {
+            Ok((data, true)) => tracing::debug!(
+                session = %data.id.log_ref(),
+                expires_at = %rfc3339_millis(data.expires_at),
+                elapsed_us,
+                "session renewed"
+            ),
+            Ok((data, false)) => tracing::debug!(
+                session = %data.id.log_ref(),
+                cached,
+                elapsed_us,
+                "session admitted after a cache miss"
+            ),
+            Err(rejection) => tracing::debug!(
+                code = %rejection.code(),
+                cached,
+                elapsed_us,
+                "session rejected"
+            ),
+        }
+        outcome
+    }
+
+    async fn decide(
         self: Arc<Self>,
         token: SessionToken,
         seen: Option<Arc<SessionData>>,
@@ -602,7 +640,7 @@ impl SessionCore {
                     // The session is still valid: let the request through on
                     // its current expiry, and retry the write in a second
                     // rather than on every request while the store is down.
-                    tracing::warn!(session = %data.id, %error, "session renewal failed");
+                    tracing::warn!(session = %data.id.log_ref(), %error, "session renewal failed");
                     let revocations_seen = self.revocations.current(token.hash_prefix());
                     match self.cache.get(&token) {
                         Some(current) => {
@@ -644,7 +682,7 @@ impl SessionCore {
                     return Ok(None);
                 }
                 let revocations_seen = core.revocations.current(token.hash_prefix());
-                let record = core.with_timeout(core.store.load(&id)).await?;
+                let record = core.with_timeout("load", core.store.load(&id)).await?;
                 if record.is_none() {
                     if let Some(negative) = &core.negative {
                         negative.insert(id, core.clock.now());
@@ -686,7 +724,7 @@ impl SessionCore {
                 }
                 let revocations_seen = core.revocations.current(token.hash_prefix());
                 match core
-                    .with_timeout(core.store.extend(&data.id, target, now))
+                    .with_timeout("extend", core.store.extend(&data.id, target, now))
                     .await?
                 {
                     None => {
@@ -787,7 +825,8 @@ impl SessionHandle {
             payload,
         };
         let revocations_seen = core.revocations.current(token.hash_prefix());
-        core.with_timeout(core.store.create(&record)).await?;
+        core.with_timeout("create", core.store.create(&record))
+            .await?;
         let created = CreatedSession {
             token,
             id: record.id,
@@ -808,7 +847,7 @@ impl SessionHandle {
     pub async fn revoke(&self, token: &SessionToken) -> Result<bool, StoreError> {
         let core = &self.core;
         let id = token.id();
-        let existed = core.with_timeout(core.store.delete(&id)).await;
+        let existed = core.with_timeout("delete", core.store.delete(&id)).await;
         // The token is known: only its stripe moves (`forget_ids` would
         // move every stripe for an id that is not cached).
         core.ids.shard(&id).remove(&id);
@@ -827,7 +866,7 @@ impl SessionHandle {
     /// it existed.
     pub async fn revoke_id(&self, id: &SessionId) -> Result<bool, StoreError> {
         let core = &self.core;
-        let existed = core.with_timeout(core.store.delete(id)).await;
+        let existed = core.with_timeout("delete", core.store.delete(id)).await;
         core.forget_ids(&[*id], existed.is_ok());
         core.publish(Invalidation::Sessions(vec![*id]));
         existed
@@ -871,7 +910,10 @@ impl SessionHandle {
     /// instance listening; returns how many the store held.
     pub async fn revoke_all(&self, owner: SessionOwner<'_>) -> Result<u64, StoreError> {
         let core = &self.core;
-        let ids = match core.with_timeout(core.store.delete_all(owner)).await {
+        let ids = match core
+            .with_timeout("delete_all", core.store.delete_all(owner))
+            .await
+        {
             Ok(ids) => ids,
             Err(error) => {
                 // The store may have deleted some or all of them before
@@ -905,7 +947,8 @@ impl SessionHandle {
     ) -> Result<SessionPage, StoreError> {
         let core = &self.core;
         let now = core.clock.now();
-        core.with_timeout(core.store.list(owner, now, page)).await
+        core.with_timeout("list", core.store.list(owner, now, page))
+            .await
     }
 
     /// Deletes records that expired longer ago than the expired-retention
@@ -959,7 +1002,8 @@ impl SessionCore {
             .now()
             .checked_sub(self.config.expired_retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        self.with_timeout(self.store.purge_expired(before)).await
+        self.with_timeout("purge_expired", self.store.purge_expired(before))
+            .await
     }
 }
 

@@ -213,6 +213,26 @@ impl SessionId {
     }
 }
 
+impl SessionId {
+    /// The first 8 hex digits (32 of its 256 bits), for logs: enough to
+    /// follow one session through them, too little to look it up or to
+    /// stand for it. The crate's own log events carry only this.
+    pub fn log_ref(&self) -> impl fmt::Display {
+        LogRef([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+}
+
+struct LogRef([u8; 4]);
+
+impl fmt::Display for LogRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for byte in self.0 {

@@ -107,9 +107,11 @@ impl EntitlementsCore {
 
     async fn with_timeout<T>(
         &self,
+        op: &'static str,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        crate::error::with_timeout(self.config.store_timeout, operation).await
+        crate::error::timed_store_call("subscription", op, self.config.store_timeout, operation)
+            .await
     }
 
     /// The subscriptions to decide from: cached when fresh, else loaded
@@ -203,7 +205,8 @@ impl EntitlementsCore {
             .now()
             .checked_sub(super::EVENT_ID_RETENTION)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        self.with_timeout(self.store.purge_event_ids(before)).await
+        self.with_timeout("purge_event_ids", self.store.purge_event_ids(before))
+            .await
     }
 
     fn stripe(&self, organization_id: &str) -> u64 {
@@ -245,7 +248,7 @@ impl EntitlementsCore {
                 }
                 let invalidations_seen = core.invalidations.current(core.stripe(&organization_id));
                 let subscriptions = core
-                    .with_timeout(core.store.subscriptions(&organization_id))
+                    .with_timeout("subscriptions", core.store.subscriptions(&organization_id))
                     .await?;
                 let now = core.clock.now();
                 let ttl = if subscriptions.iter().any(|s| may_entitle(s, now)) {
@@ -394,7 +397,7 @@ impl Entitlements {
     /// stored state.
     pub async fn apply(&self, change: &SubscriptionChange) -> Result<ApplyOutcome, StoreError> {
         let core = &self.core;
-        let stored = core.with_timeout(core.store.apply(change)).await;
+        let stored = core.with_timeout("apply", core.store.apply(change)).await;
         self.invalidate(&change.subscription.organization_id);
         stored
     }
