@@ -212,7 +212,14 @@ pub(crate) async fn timed_store_call<T>(
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
     let outcome = with_timeout(timeout, operation).await;
-    let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let elapsed = started.elapsed();
+    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    crate::metrics::store_call(
+        store,
+        op,
+        elapsed,
+        outcome.as_ref().err().map(StoreError::kind),
+    );
     match &outcome {
         Ok(_) => tracing::trace!(store, op, elapsed_us, "store call"),
         Err(error) => {

@@ -50,6 +50,7 @@
 //! | `sqlite` | `stores::sqlite`: SQLite session and subscription stores (sqlx) |
 //! | `postgres` | `stores::postgres`: PostgreSQL session and subscription stores and the `LISTEN/NOTIFY` invalidation channel (sqlx) |
 //! | `redis` | `stores::redis`: `RedisSessionStore` and `RedisInvalidationChannel` (pub/sub), on the `redis` crate |
+//! | `metrics` | counters, gauges and histograms through the `metrics` facade (requests by outcome, cache hits, renewals, store calls and their latency) |
 //! | `test-kit` | `test_kit`: the conformance suites every store and channel of the crate passes, for authors of other stores |
 //!
 //! Without features the crate depends on tower, http, moka, serde and
@@ -67,6 +68,7 @@ mod clock;
 mod error;
 mod future;
 pub mod invalidation;
+mod metrics;
 pub mod rejection;
 mod request;
 pub mod session;

@@ -29,6 +29,8 @@ pub(crate) struct SingleFlight<K, T: Clone> {
     in_flight: Arc<Mutex<Flights<K, T>>>,
     next_id: std::sync::atomic::AtomicU64,
     max_in_flight: usize,
+    /// The store the flights call, for the flights-in-progress gauge.
+    store: &'static str,
 }
 
 impl<K, T> SingleFlight<K, T>
@@ -36,11 +38,12 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(max_in_flight: usize) -> Self {
+    pub(crate) fn new(max_in_flight: usize, store: &'static str) -> Self {
         Self {
             in_flight: Arc::new(Mutex::new(HashMap::default())),
             next_id: std::sync::atomic::AtomicU64::new(0),
             max_in_flight: max_in_flight.max(1),
+            store,
         }
     }
 
@@ -65,11 +68,14 @@ where
         let work = start();
         let map = Arc::clone(&self.in_flight);
         let landing_key = key.clone();
+        let store = self.store;
+        crate::metrics::flights(store, 1.0);
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let landed = async move {
             let value = work.await;
+            crate::metrics::flights(store, -1.0);
             let mut in_flight = map.lock().unwrap_or_else(PoisonError::into_inner);
             // Remove this flight only: after `forget`, a newer one may hold the key.
             if in_flight
@@ -130,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_execution_and_the_entry_is_removed() {
-        let flights = Arc::new(SingleFlight::<u32, usize>::new(100));
+        let flights = Arc::new(SingleFlight::<u32, usize>::new(100, "test"));
         let runs = Arc::new(AtomicUsize::new(0));
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
         let gate = gate.shared();
@@ -157,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flight_every_caller_abandoned_still_finishes_and_leaves_the_map() {
-        let flights = SingleFlight::<u32, u32>::new(100);
+        let flights = SingleFlight::<u32, u32>::new(100, "test");
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
         let (finished, done) = tokio::sync::oneshot::channel::<()>();
         let abandoned = flights.run(9, move || {
@@ -184,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_forget_a_new_flight_starts_and_the_old_one_does_not_remove_it() {
-        let flights = SingleFlight::<u32, u32>::new(100);
+        let flights = SingleFlight::<u32, u32>::new(100, "test");
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
         let old = flights.run(1, move || {
             async move {
@@ -213,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_cap_a_new_key_is_refused_but_a_flying_one_is_joined() {
-        let flights = SingleFlight::<u32, u32>::new(2);
+        let flights = SingleFlight::<u32, u32>::new(2, "test");
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
         let gate = gate.shared();
         let mut flying = Vec::new();

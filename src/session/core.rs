@@ -27,6 +27,7 @@ use crate::error::{ConfigError, StoreError, STORE_RETRY_INTERVAL};
 use crate::invalidation::{
     ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
 };
+use crate::metrics::LayerMetrics;
 use crate::rejection::{ErrorCode, Rejection};
 
 /// The settings every clone of one layer shares.
@@ -266,6 +267,8 @@ type Loaded = Option<Arc<SessionData>>;
 pub(crate) struct SessionCore {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) cache: SessionCache,
+    /// Requests by outcome, cache hits and misses, renewals.
+    pub(crate) metrics: LayerMetrics,
     loads: SingleFlight<WholeToken, Loaded>,
     renewals: SingleFlight<WholeToken, Loaded>,
     pub(crate) config: SessionConfig,
@@ -351,8 +354,9 @@ impl SessionCore {
         let core = Arc::new(Self {
             store,
             cache,
-            loads: SingleFlight::new(config.max_in_flight),
-            renewals: SingleFlight::new(config.max_in_flight),
+            loads: SingleFlight::new(config.max_in_flight, "session"),
+            renewals: SingleFlight::new(config.max_in_flight, "session"),
+            metrics: LayerMetrics::new("session"),
             ids: IdIndex::new(config.cache_capacity),
             negative,
             channel: link,
@@ -574,8 +578,17 @@ impl SessionCore {
     ) -> Result<(Arc<SessionData>, bool), Rejection> {
         let cached = seen.is_some();
         let started = std::time::Instant::now();
-        let outcome = self.decide(token, seen, activity).await;
+        let outcome = Arc::clone(&self).decide(token, seen, activity).await;
         let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match &outcome {
+            Ok((_, renewed)) => {
+                self.metrics.admitted();
+                if *renewed {
+                    self.metrics.renewed();
+                }
+            }
+            Err(rejection) => self.metrics.rejected(rejection.code()),
+        }
         match &outcome {
             Ok((data, true)) => tracing::debug!(
                 session = %data.id.log_ref(),

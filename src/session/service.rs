@@ -75,6 +75,7 @@ where
                     TokenError::Missing => ErrorCode::SessionMissing,
                     TokenError::Malformed => ErrorCode::SessionInvalid,
                 };
+                state.core.metrics.rejected(code);
                 let rejection = Rejection::new(code).with_challenge(state.source.challenge(code));
                 let response = state.responder.respond(&rejection, &head);
                 return ResponseFuture::rejected(response);
@@ -84,6 +85,8 @@ where
         let core = &state.core;
         let cached = match core.cached(&token, core.clock.now(), activity) {
             Ok(data) => {
+                core.metrics.lookup(true);
+                core.metrics.admitted();
                 // Cache hit with nothing to write: no store, no boxed future.
                 let decoration = Decoration {
                     expires_header: Some(data.expires_header.clone()),
@@ -92,7 +95,10 @@ where
                 request.extensions_mut().insert(Session::new(data, false));
                 return ResponseFuture::calling(self.inner.call(request), decoration);
             }
-            Err(cached) => cached,
+            Err(cached) => {
+                core.metrics.lookup(false);
+                cached
+            }
         };
         let resolution = Arc::clone(core).resolve(token, cached, activity);
         let layer = Arc::clone(state);

@@ -23,6 +23,7 @@ use crate::error::{check_durations, ConfigError, StoreError, STORE_RETRY_INTERVA
 use crate::invalidation::{
     ChannelLink, ChannelStatus, Invalidation, InvalidationChannel, InvalidationTarget,
 };
+use crate::metrics::LayerMetrics;
 use crate::session::PurgeTask;
 
 /// What the subscription layers do when the store fails or times out.
@@ -57,6 +58,8 @@ pub(crate) struct EntitlementsCore {
     pub(crate) cache:
         moka::sync::Cache<Arc<str>, Arc<OrganizationSubscriptions>, foldhash::fast::RandomState>,
     loads: SingleFlight<Arc<str>, Arc<OrganizationSubscriptions>>,
+    /// Requests by outcome, cache hits and misses (both subscription layers).
+    pub(crate) metrics: Arc<LayerMetrics>,
     config: EntitlementsConfig,
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped by every invalidation, so a load that raced one does not put
@@ -570,7 +573,8 @@ impl EntitlementsBuilder {
         let core = Arc::new(EntitlementsCore {
             store: self.store,
             cache,
-            loads: SingleFlight::new(self.config.max_in_flight),
+            loads: SingleFlight::new(self.config.max_in_flight, "subscription"),
+            metrics: Arc::new(LayerMetrics::new("subscription")),
             config: self.config,
             clock: self.clock,
             invalidations: Generations::new(),

@@ -79,6 +79,7 @@ where
         let head = RequestHead::of(&request);
         let Some(organization_id) = state.resolver.organization(&head) else {
             let rejection = state.resolver.missing(&head);
+            state.entitlements.core.metrics.rejected(rejection.code());
             return ResponseFuture::rejected(state.responder.respond(&rejection, &head));
         };
         let gated = state.gate.is_gated(&head);
@@ -87,19 +88,26 @@ where
         let cached = match core.cached(&organization_id, now) {
             Ok(cached) => {
                 // Cache hit: decide now; no store, no boxed future.
+                core.metrics.lookup(true);
                 let entitlement = state.policy.decide_shared(cached, now);
                 return match admit(entitlement, gated) {
                     Ok(entitlement) => {
+                        core.metrics.admitted();
                         request.extensions_mut().insert(entitlement);
                         ResponseFuture::calling(self.inner.call(request), Decoration::default())
                     }
                     Err(rejection) => {
+                        core.metrics.rejected(rejection.code());
                         ResponseFuture::rejected(state.responder.respond(&rejection, &head))
                     }
                 };
             }
-            Err(cached) => cached,
+            Err(cached) => {
+                core.metrics.lookup(false);
+                cached
+            }
         };
+        let metrics = Arc::clone(&core.metrics);
         let organization_id: Arc<str> = Arc::from(organization_id.as_ref());
         let policy = state.policy.clone();
         let lookup = Arc::clone(core).lookup(Arc::clone(&organization_id), cached);
@@ -109,14 +117,23 @@ where
                 Ok(subscriptions) => policy.decide_shared(subscriptions, clock.now()),
                 Err(LookupFailure::Open) => Entitlements::fail_open(&policy, organization_id),
                 Err(LookupFailure::Closed(_)) if gated => {
+                    metrics.rejected(ErrorCode::StoreUnavailable);
                     return Err(Rejection::new(ErrorCode::StoreUnavailable));
                 }
                 Err(LookupFailure::Closed(_)) => {
                     Entitlements::fail_closed(&policy, organization_id)
                 }
             };
-            let entitlement = admit(entitlement, gated)?;
-            Ok((Admitted::Entitlement(entitlement), Decoration::default()))
+            match admit(entitlement, gated) {
+                Ok(entitlement) => {
+                    metrics.admitted();
+                    Ok((Admitted::Entitlement(entitlement), Decoration::default()))
+                }
+                Err(rejection) => {
+                    metrics.rejected(rejection.code());
+                    Err(rejection)
+                }
+            }
         });
         // Move the service that was made ready into the future; keep a clone.
         let clone = self.inner.clone();
