@@ -94,7 +94,7 @@ pub const SESSION_EXPIRES_AT: http::HeaderName =
 pub use self::layer::{SessionRefreshBuilder, SessionRefreshLayer};
 pub use self::service::SessionRefresh;
 pub use self::source::{
-    BearerSource, CookieSource, HeaderSource, SameSite, TokenError, TokenSource,
+    BearerSource, CookieSource, FallbackSource, HeaderSource, SameSite, TokenError, TokenSource,
 };
 pub use self::store::{
     InvalidCursor, MemorySessionStore, PageRequest, SessionCursor, SessionOwner, SessionPage,
