@@ -27,6 +27,7 @@ use tower_saas_guard::{Clock, ErrorCode, Rejection, RejectionResponder, RequestH
 
 use super::backends;
 use super::cli::Config;
+use super::grpc;
 use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS, MAX_WEBHOOK_BODY_BYTES};
 use super::routes::{billing, method_not_allowed, operator, route_not_found, visitor};
 use super::storage::AppStore;
@@ -183,7 +184,15 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         _purge: Arc::new([purge, purge_event_ids]),
     };
 
-    Ok(Router::new()
+    // gRPC's `support.v1.Support` sits behind the same layers (see
+    // `grpc.rs`), so it shares their stores, caches and clock.
+    let grpc_layers = grpc::SupportLayers {
+        sessions: sessions.clone(),
+        visitor_entitlement: visitor_entitlement.clone(),
+        subscribers_only: subscribers_only.clone(),
+    };
+
+    let router = Router::new()
         // Visitor (widget) side.
         .route("/contact-sessions", post(visitor::create_contact_session))
         .route(
@@ -272,7 +281,11 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
             "/billing/stripe",
             post(billing::stripe_webhook)
                 .route_layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
-        )
+        );
+    // gRPC (HTTP/2 prior knowledge, on the same listener): `support.v1.Support`
+    // and `grpc.health.v1.Health`.
+    let router = grpc::add_services(router, state.clone(), grpc_layers).await;
+    Ok(router
         .fallback(route_not_found)
         // After the routes: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)

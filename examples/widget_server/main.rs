@@ -158,6 +158,7 @@ mod ai;
 mod app;
 mod backends;
 mod cli;
+mod grpc;
 mod input;
 mod pagination;
 mod problem;
@@ -173,6 +174,7 @@ pub use app::{build_app, StartError};
 pub use backends::listener_application_name;
 use cli::USAGE;
 pub use cli::{parse_args, Config, ParsedArgs, StoreUrl};
+pub use grpc::pb;
 
 #[tokio::main]
 async fn main() -> ExitCode {
