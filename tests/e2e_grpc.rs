@@ -487,3 +487,28 @@ async fn a_store_that_is_down_is_unavailable() {
         .await
         .expect("the store is back");
 }
+
+#[tokio::test]
+async fn the_binary_serves_grpc_and_http_on_one_listener() {
+    let (running, _) = spawn_binary(&["--addr", "127.0.0.1:0", "--store", "memory"]).await;
+    let api = Api::new(running.addr);
+    // HTTP/1 first, then HTTP/2 prior knowledge on the same port.
+    let token = api.start_session().await;
+    let mut health = HealthClient::new(api.grpc_channel().await);
+    let reply = health
+        .check(HealthCheckRequest {
+            service: "support.v1.Support".to_owned(),
+        })
+        .await
+        .expect("health over h2c");
+    assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+    let mut client = api.grpc().await;
+    let created = client
+        .create_conversation(with_session(pb::CreateConversationRequest {}, &token))
+        .await
+        .expect("a REST session over gRPC")
+        .into_inner();
+    let (status, roles, _) = api.conversation(&token, &created.conversation_id).await;
+    assert_eq!((status.as_str(), roles.len()), ("unresolved", 1));
+    running.stop().await;
+}
