@@ -13,7 +13,8 @@
 //!   cache in one call.
 //!
 //! It works with any `tower` stack over `http` requests: axum, plain hyper,
-//! and tonic (rejections of gRPC calls are gRPC trailers-only responses).
+//! and tonic (rejections of gRPC calls are gRPC trailers-only responses;
+//! [`grpc`] names calls by method path and explains the tonic wiring).
 //! Sessions live in a pluggable [`SessionStore`](session::SessionStore)
 //! behind a moka cache; time comes from a [`Clock`] that tests can drive.
 //!
@@ -51,6 +52,7 @@
 //! | `postgres` | `stores::postgres`: PostgreSQL session and subscription stores and the `LISTEN/NOTIFY` invalidation channel (sqlx) |
 //! | `redis` | `stores::redis`: `RedisSessionStore` and `RedisInvalidationChannel` (pub/sub), on the `redis` crate |
 //! | `metrics` | counters, gauges and histograms through the `metrics` facade (requests by outcome, cache hits, renewals, store calls and their latency) |
+//! | `tonic` | `tonic::server::NamedService` for the middleware's services, so a layered service goes to tonic's `Server::add_service` (see [`grpc`]) |
 //! | `test-kit` | `test_kit`: the conformance suites every store and channel of the crate passes, for authors of other stores |
 //!
 //! Without features the crate depends on tower, http, moka, serde and
@@ -67,11 +69,13 @@ mod cache;
 mod clock;
 mod error;
 mod future;
+pub mod grpc;
 pub mod invalidation;
 mod metrics;
 pub mod rejection;
 mod request;
 pub mod session;
+mod skip;
 pub mod stores;
 pub mod subscription;
 #[cfg(feature = "test-kit")]
@@ -79,6 +83,8 @@ pub mod test_kit;
 
 #[cfg(feature = "axum")]
 mod axum;
+#[cfg(feature = "tonic")]
+mod tonic;
 
 pub use crate::body::GuardBody;
 pub use crate::clock::{
@@ -90,6 +96,7 @@ pub use crate::rejection::{
     grpc_response, problem_json, problem_response, ErrorCode, Rejection, RejectionResponder,
 };
 pub use crate::request::RequestHead;
+pub use crate::skip::SkipRule;
 /// The attribute [`SessionStore`](session::SessionStore) and
 /// [`SubscriptionStore`](subscription::SubscriptionStore) are declared
 /// with: put it on your `impl` of either (see "Write your own store").

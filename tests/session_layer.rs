@@ -181,6 +181,50 @@ async fn valid_session_reaches_the_handler_with_its_extension_and_expiry_header(
 }
 
 #[tokio::test]
+async fn skipped_requests_pass_untouched_and_never_read_the_store() {
+    let fixture = Fixture::new();
+    let token = fixture.create().await;
+    let unknown = SessionToken::generate().expect("os randomness");
+    let service = echo_service(
+        fixture
+            .layer
+            .clone()
+            .skip_when(|head: &RequestHead<'_>| head.uri().path() == "/healthz"),
+    );
+    let to = |path: &str, token: Option<&SessionToken>| {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header("x-session-id", token.to_string());
+        }
+        request.body(()).expect("valid request")
+    };
+
+    // Skipped, with no token, an unknown one or a valid one: the handler
+    // sees no session, and nothing is added to the answer.
+    for token in [None, Some(&unknown), Some(&token)] {
+        let answer = send(&service, to("/healthz", token)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, Value::Null, "no Session extension");
+        assert!(!answer.headers.contains_key(SESSION_EXPIRES_AT));
+    }
+    assert_eq!(fixture.store.loads(), 0);
+
+    // Every other path is checked as before.
+    assert_rejected(
+        &send(&service, to("/account", None)).await,
+        "session_missing",
+    );
+    assert_rejected(
+        &send(&service, to("/account", Some(&unknown))).await,
+        "session_not_found",
+    );
+    assert_eq!(fixture.store.loads(), 1);
+    let answer = send(&service, to("/account", Some(&token))).await;
+    assert_eq!(answer.body["id"], token.id().to_string());
+    assert!(answer.headers.contains_key(SESSION_EXPIRES_AT));
+}
+
+#[tokio::test]
 async fn missing_token_is_session_missing_for_every_source() {
     let fixture = Fixture::new();
     for layer in [

@@ -196,6 +196,38 @@ async fn the_soft_layer_never_rejects_for_lack_of_a_subscription() {
 }
 
 #[tokio::test]
+async fn skipped_requests_need_no_organization_and_read_no_store() {
+    let fixture = Fixture::new();
+    let health = |head: &RequestHead<'_>| head.uri().path() == "/healthz";
+    for service in [
+        echo(fixture.require().skip_when(health)),
+        echo(fixture.soft().skip_when(health)),
+    ] {
+        for request in [Request::get("/healthz").body(()), {
+            Request::get("/healthz")
+                .header(org_header(), "org_1")
+                .body(())
+        }] {
+            let answer = send(&service, request.expect("valid request")).await;
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(answer.body, Value::Null, "no Entitlement extension");
+        }
+        assert_eq!(fixture.store.reads(), 0);
+        let answer = send(&service, Request::get("/reports").body(()).expect("valid")).await;
+        assert_problem(&answer, 401, "organization_missing");
+    }
+    // Not skipped: decided as before (the free organization is refused by
+    // the rejecting layer, and read once, then cached).
+    let gated = echo(fixture.require().skip_when(health));
+    assert_problem(
+        &send(&gated, for_org("org_1")).await,
+        403,
+        "subscription_required",
+    );
+    assert_eq!(fixture.store.reads(), 1);
+}
+
+#[tokio::test]
 async fn a_predicate_chooses_which_requests_are_gated() {
     let fixture = Fixture::new();
     let writes_only =

@@ -27,6 +27,7 @@ use tower_saas_guard::{Clock, ErrorCode, Rejection, RejectionResponder, RequestH
 
 use super::backends;
 use super::cli::Config;
+use super::grpc;
 use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS, MAX_WEBHOOK_BODY_BYTES};
 use super::routes::{billing, method_not_allowed, operator, route_not_found, visitor};
 use super::storage::AppStore;
@@ -183,6 +184,14 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         _purge: Arc::new([purge, purge_event_ids]),
     };
 
+    // gRPC's `support.v1.Support` sits behind the same layers (see
+    // `grpc.rs`), so it shares their stores, caches and clock.
+    let grpc_layers = grpc::SupportLayers {
+        sessions: sessions.clone(),
+        visitor_entitlement: visitor_entitlement.clone(),
+        subscribers_only: subscribers_only.clone(),
+    };
+
     // Visitor (widget) side: called by a widget embedded in other sites,
     // so behind CORS (outermost: preflights are answered before any
     // session check, and rejections carry the CORS headers too).
@@ -215,7 +224,7 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors(&config.cors_origins));
 
-    Ok(Router::new()
+    let router = Router::new()
         // Operator (dashboard) side: same-origin, no CORS.
         .route(
             "/operator/subscription",
@@ -274,7 +283,11 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
             "/billing/stripe",
             post(billing::stripe_webhook)
                 .route_layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
-        )
+        );
+    // gRPC (HTTP/2 prior knowledge, on the same listener): `support.v1.Support`
+    // and `grpc.health.v1.Health`.
+    let router = grpc::add_services(router, state.clone(), grpc_layers).await;
+    Ok(router
         // After the routes: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)
         .merge(visitor_routes)

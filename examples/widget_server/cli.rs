@@ -63,6 +63,11 @@ Routes (JSON bodies; errors are problem+json with a `code`):
   billing: POST /billing/webhook (webhook-signature), POST /billing/stripe
 The README lists every body and answer.
 
+gRPC is served on the same address (HTTP/2 without TLS, prior knowledge):
+support.v1.Support (examples/proto/support.proto; the session token in
+x-session-id metadata, the operator's organization in x-organization-id)
+and grpc.health.v1.Health, which needs no session.
+
 Several instances share sessions and subscriptions through PostgreSQL
 (and Redis for sessions); a logout, a revocation or a billing change on one
 reaches the others' caches within a second over PostgreSQL LISTEN/NOTIFY,

@@ -28,6 +28,41 @@
 //! answers `applied: false` and changes nothing. (A command line is visible to other users of the machine: a
 //! real deployment would read the secret from its environment.)
 //!
+//! **gRPC** is served on the same address, HTTP/2 without TLS (prior
+//! knowledge) beside HTTP/1: `support.v1.Support`
+//! (`examples/proto/support.proto`) behind the same layers, stores and
+//! sessions, and the standard `grpc.health.v1.Health` outside the session
+//! layer. A session made over REST works over gRPC (token in the
+//! `x-session-id` metadata), and conversations are shared both ways;
+//! `x-session-expires-at` comes back as response metadata. See `grpc.rs`.
+//!
+//! | method | session | organization / gating |
+//! |---|---|---|
+//! | `CreateConversation` | renews | none |
+//! | `SendMessage` | renews | soft (the AI reply) |
+//! | `ListMessages` (the first 200 messages) | validate only | none |
+//! | `Enhance` | none | metadata `x-organization-id`, required |
+//!
+//! Rejections are gRPC statuses (`UNAUTHENTICATED`, `PERMISSION_DENIED`,
+//! `UNAVAILABLE`), and the handlers' errors `INVALID_ARGUMENT` (an empty
+//! `content`, `draft` or `conversation_id`) and `NOT_FOUND` (a
+//! conversation that is not the caller's). The Rust code generated from
+//! the proto is committed (`grpc/support.v1.rs`), so building needs no
+//! `protoc`; after changing the proto, regenerate it with
+//!
+//! ```text
+//! cargo run --manifest-path tools/protogen/Cargo.toml
+//! ```
+//!
+//! (a standalone tool on the pure-Rust `protox` compiler, outside the
+//! crate's build). With `grpcurl`, which needs the proto as there is no
+//! reflection service:
+//!
+//! ```text
+//! grpcurl -plaintext -import-path examples/proto -proto support.proto \
+//!     -H 'x-session-id: <session_id>' localhost:3000 support.v1.Support/CreateConversation
+//! ```
+//!
 //! # What a subscription buys
 //!
 //! One `Entitlements` cache over one subscription store decides for every
@@ -87,12 +122,12 @@
 //! they are 24 h past their expiry.
 //!
 //! ```text
-//! cargo run --example widget_server --features axum,sqlite,postgres,redis
-//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store memory --session-duration 10s --refresh-threshold 5s
-//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --webhook-secret whsec_demo
-//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store postgres://postgres@127.0.0.1:5432/widget
-//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --store postgres://postgres@127.0.0.1:5432/widget --session-store redis://127.0.0.1:6379
-//! cargo run --example widget_server --features axum,sqlite,postgres,redis -- --help
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis,tonic
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis,tonic -- --store memory --session-duration 10s --refresh-threshold 5s
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis,tonic -- --webhook-secret whsec_demo
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis,tonic -- --store postgres://postgres@127.0.0.1:5432/widget
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis,tonic -- --store postgres://postgres@127.0.0.1:5432/widget --session-store redis://127.0.0.1:6379
+//! cargo run --example widget_server --features axum,sqlite,postgres,redis,tonic -- --help
 //! ```
 //!
 //! # Routes
@@ -124,6 +159,8 @@
 //! # Where things are
 //!
 //! `cli.rs` (flags, `--help`), `app.rs` (state, layers, the router),
+//! `grpc.rs` (`support.v1.Support` and health, and the generated code in
+//! `grpc/`),
 //! `backends.rs` (opening the stores the flags name), `routes/` (`visitor.rs`,
 //! `operator.rs`, `billing.rs`), `storage/` (the app's store trait and its
 //! `memory.rs`, `sqlite.rs`, `postgres.rs`), `pagination.rs`, `input.rs`
@@ -158,6 +195,7 @@ mod ai;
 mod app;
 mod backends;
 mod cli;
+mod grpc;
 mod input;
 mod pagination;
 mod problem;
@@ -173,6 +211,7 @@ pub use app::{build_app, StartError};
 pub use backends::listener_application_name;
 use cli::USAGE;
 pub use cli::{parse_args, Config, ParsedArgs, StoreUrl};
+pub use grpc::pb;
 
 #[tokio::main]
 async fn main() -> ExitCode {

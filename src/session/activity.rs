@@ -5,7 +5,8 @@ use crate::request::RequestHead;
 /// Decides whether a request counts as activity (and may renew its session).
 ///
 /// Implemented by [`EveryRequest`] (the default), [`ValidateOnly`] (never
-/// renews), and any `Fn(&RequestHead<'_>) -> bool` closure, for example
+/// renews), [`GrpcMethods`](crate::grpc::GrpcMethods) (the gRPC calls that
+/// renew), and any `Fn(&RequestHead<'_>) -> bool` closure, for example
 /// "only non-GET requests".
 pub trait ActivityRule: Send + Sync + 'static {
     /// Whether `head` counts as activity.

@@ -16,6 +16,7 @@ use crate::clock::{Clock, CoarseClock};
 use crate::error::{check_durations, ConfigError};
 use crate::invalidation::InvalidationChannel;
 use crate::rejection::{DefaultResponder, RejectionResponder};
+use crate::skip::SkipRule;
 use crate::type_name_of;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -217,6 +218,8 @@ impl SessionRefreshBuilder {
                 activity_name: type_name::<EveryRequest>(),
                 responder: Arc::new(DefaultResponder::new()),
                 responder_name: type_name::<DefaultResponder>(),
+                skip: None,
+                skip_name: None,
             }),
         })
     }
@@ -241,6 +244,9 @@ pub(crate) struct LayerState {
     activity_name: &'static str,
     pub(crate) responder: Arc<dyn RejectionResponder>,
     responder_name: &'static str,
+    /// Requests that pass untouched; `None` (the default) costs one branch.
+    pub(crate) skip: Option<Arc<dyn SkipRule>>,
+    skip_name: Option<&'static str>,
 }
 
 impl fmt::Debug for LayerState {
@@ -250,6 +256,7 @@ impl fmt::Debug for LayerState {
             .field("token_source", &self.source_name)
             .field("activity", &self.activity_name)
             .field("responder", &self.responder_name)
+            .field("skip_when", &self.skip_name)
             .finish()
     }
 }
@@ -259,9 +266,9 @@ impl fmt::Debug for LayerState {
 ///
 /// Clones share one store, cache and configuration; the per-route methods
 /// ([`validate_only`](Self::validate_only), [`activity`](Self::activity),
-/// [`token_source`](Self::token_source), [`responder`](Self::responder))
-/// borrow the layer and return another that still shares them, so one
-/// layer serves every route:
+/// [`token_source`](Self::token_source), [`responder`](Self::responder),
+/// [`skip_when`](Self::skip_when)) borrow the layer and return another
+/// that still shares them, so one layer serves every route:
 ///
 /// ```
 /// use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
@@ -346,6 +353,44 @@ impl SessionRefreshLayer {
         let mut state = LayerState::clone(&self.state);
         state.responder_name = type_name_of(&responder);
         state.responder = Arc::new(responder);
+        Self {
+            state: Arc::new(state),
+        }
+    }
+
+    /// Lets the requests `rule` selects pass straight to the inner service,
+    /// untouched: no token is read, no [`Session`](super::Session) is
+    /// attached, no `x-session-expires-at` is added. For health checks and
+    /// reflection behind a layer that wraps a whole server; a later call
+    /// replaces an earlier rule.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    ///
+    /// use http::{Request, Response};
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
+    /// use tower_saas_guard::RequestHead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sessions = SessionRefreshLayer::new(MemorySessionStore::new())
+    ///     .skip_when(|head: &RequestHead<'_>| head.uri().path() == "/healthz");
+    /// let service = sessions.layer(tower::service_fn(|_: Request<()>| async {
+    ///     Ok::<_, Infallible>(Response::new("ok"))
+    /// }));
+    /// let health = service.clone().oneshot(Request::get("/healthz").body(())?).await?;
+    /// assert_eq!(health.status(), 200);
+    /// assert!(!health.headers().contains_key("x-session-expires-at"));
+    /// let other = service.oneshot(Request::get("/account").body(())?).await?;
+    /// assert_eq!(other.status(), 401);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn skip_when(&self, rule: impl SkipRule) -> Self {
+        let mut state = LayerState::clone(&self.state);
+        state.skip_name = Some(type_name_of(&rule));
+        state.skip = Some(Arc::new(rule));
         Self {
             state: Arc::new(state),
         }

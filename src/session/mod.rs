@@ -96,7 +96,7 @@ pub use self::layer::{SessionRefreshBuilder, SessionRefreshLayer};
 pub use self::service::SessionRefresh;
 pub use self::signing::{TokenKeys, MIN_TOKEN_KEY_BYTES};
 pub use self::source::{
-    BearerSource, CookieSource, HeaderSource, SameSite, TokenError, TokenSource,
+    BearerSource, CookieSource, FallbackSource, HeaderSource, SameSite, TokenError, TokenSource,
     DEFAULT_COOKIE_NAME,
 };
 pub use self::store::{

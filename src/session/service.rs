@@ -68,6 +68,11 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let state = &self.state;
         let head = RequestHead::of(&request);
+        if let Some(skip) = &state.skip {
+            if skip.skips(&head) {
+                return ResponseFuture::calling(self.inner.call(request), Decoration::default());
+            }
+        }
         let token = match state.source.token(&head) {
             Ok(token) => token,
             Err(error) => {

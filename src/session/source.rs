@@ -30,7 +30,8 @@ impl From<MalformedToken> for TokenError {
 /// Takes the session token from a request.
 ///
 /// Implemented by [`HeaderSource`] (the default, `x-session-id`),
-/// [`BearerSource`], [`CookieSource`], and any
+/// [`BearerSource`], [`CookieSource`], [`FallbackSource`] (one, else
+/// another), and any
 /// `Fn(&RequestHead<'_>) -> Result<SessionToken, TokenError>` closure.
 pub trait TokenSource: Send + Sync + 'static {
     /// The token the request presents.
@@ -131,6 +132,72 @@ impl TokenSource for BearerSource {
             ErrorCode::SessionMissing => HeaderValue::from_static("Bearer"),
             _ => HeaderValue::from_static("Bearer error=\"invalid_token\""),
         }
+    }
+}
+
+/// Reads the token from `primary`, and from `fallback` when the request
+/// carries none there: for clients that send either header, such as gRPC
+/// clients that put the token in `x-session-id` or in `authorization:
+/// Bearer`.
+///
+/// A malformed token in `primary` is `Malformed`, whatever `fallback`
+/// holds (a client that sent a broken token is told so, not judged by
+/// another header). After a renewal, `primary`'s header is re-sent if it
+/// has one, else `fallback`'s.
+///
+/// ```
+/// use tower_saas_guard::session::{
+///     BearerSource, FallbackSource, HeaderSource, SessionToken, TokenError, TokenSource,
+/// };
+/// use tower_saas_guard::RequestHead;
+///
+/// let either = FallbackSource::new(HeaderSource::default(), BearerSource);
+/// let token = SessionToken::generate()?;
+/// let bearer = http::Request::post("/support.v1.Support/SendMessage")
+///     .header("authorization", format!("Bearer {token}"))
+///     .body(())?;
+/// assert_eq!(either.token(&RequestHead::of(&bearer))?, token);
+///
+/// let broken = http::Request::post("/support.v1.Support/SendMessage")
+///     .header("x-session-id", "not a token")
+///     .header("authorization", format!("Bearer {token}"))
+///     .body(())?;
+/// assert_eq!(either.token(&RequestHead::of(&broken)), Err(TokenError::Malformed));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct FallbackSource<Primary, Fallback> {
+    primary: Primary,
+    fallback: Fallback,
+}
+
+impl<Primary, Fallback> FallbackSource<Primary, Fallback> {
+    /// Reads `primary` first, then `fallback`.
+    pub fn new(primary: Primary, fallback: Fallback) -> Self {
+        Self { primary, fallback }
+    }
+}
+
+impl<Primary, Fallback> TokenSource for FallbackSource<Primary, Fallback>
+where
+    Primary: TokenSource,
+    Fallback: TokenSource,
+{
+    fn token(&self, head: &RequestHead<'_>) -> Result<SessionToken, TokenError> {
+        match self.primary.token(head) {
+            Err(TokenError::Missing) => self.fallback.token(head),
+            found => found,
+        }
+    }
+
+    fn on_renewal(
+        &self,
+        token: &SessionToken,
+        max_age: Duration,
+    ) -> Option<(HeaderName, HeaderValue)> {
+        self.primary
+            .on_renewal(token, max_age)
+            .or_else(|| self.fallback.on_renewal(token, max_age))
     }
 }
 
@@ -462,6 +529,58 @@ mod tests {
             token_from(&source, "x-session-id", &token.to_string()),
             Err(TokenError::Missing)
         );
+    }
+
+    #[test]
+    fn fallback_source_reads_the_fallback_only_when_the_primary_is_missing() {
+        let (first, second) = (
+            SessionToken::generate().expect("os randomness"),
+            SessionToken::generate().expect("os randomness"),
+        );
+        let source = FallbackSource::new(HeaderSource::default(), BearerSource);
+        let request = |headers: &[(&str, String)]| {
+            let mut builder = Request::builder();
+            for (name, value) in headers {
+                builder = builder.header(*name, value);
+            }
+            let request = builder.body(()).expect("valid request");
+            source.token(&RequestHead::of(&request))
+        };
+        let bearer = ("authorization", format!("Bearer {second}"));
+        assert_eq!(request(&[("x-session-id", first.to_string())]), Ok(first));
+        assert_eq!(request(std::slice::from_ref(&bearer)), Ok(second));
+        // Both present: the primary wins.
+        assert_eq!(
+            request(&[("x-session-id", first.to_string()), bearer.clone()]),
+            Ok(first)
+        );
+        // A broken primary is not rescued by the fallback.
+        assert_eq!(
+            request(&[("x-session-id", "nope".to_owned()), bearer]),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            request(&[("authorization", "Basic x".to_owned())]),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(request(&[]), Err(TokenError::Missing));
+    }
+
+    #[test]
+    fn fallback_source_re_sends_the_cookie_of_either_side() {
+        let token = SessionToken::generate().expect("os randomness");
+        let max_age = Duration::from_secs(60);
+        let cookie_first = FallbackSource::new(CookieSource::new("sid"), HeaderSource::default());
+        let cookie_second = FallbackSource::new(HeaderSource::default(), CookieSource::new("sid"));
+        let headers_only = FallbackSource::new(HeaderSource::default(), BearerSource);
+        for source in [&cookie_first as &dyn TokenSource, &cookie_second] {
+            let (name, value) = source
+                .on_renewal(&token, max_age)
+                .expect("the cookie is re-sent");
+            assert_eq!(name, SET_COOKIE);
+            assert!(value.to_str().expect("ASCII").starts_with("sid="));
+        }
+        assert!(headers_only.on_renewal(&token, max_age).is_none());
     }
 
     #[test]

@@ -12,12 +12,14 @@ use super::resolver::{FromSession, OrganizationResolver};
 use super::service::SubscriptionGate;
 use crate::rejection::{DefaultResponder, RejectionResponder};
 use crate::request::RequestHead;
+use crate::skip::SkipRule;
 use crate::type_name_of;
 
 /// Decides which requests a [`RequireSubscriptionLayer`] gates (rejects
 /// when not entitled); the others only get the [`Entitlement`](super::Entitlement).
 ///
-/// Implemented by [`GateAll`] (the default) and any
+/// Implemented by [`GateAll`] (the default),
+/// [`GrpcMethods`](crate::grpc::GrpcMethods) and any
 /// `Fn(&RequestHead<'_>) -> bool` closure, for example "not GET or DELETE".
 pub trait GatePredicate: Send + Sync + 'static {
     /// Whether `head` is gated.
@@ -63,6 +65,9 @@ pub(crate) struct GateState {
     resolver_name: &'static str,
     pub(crate) responder: Arc<dyn RejectionResponder>,
     responder_name: &'static str,
+    /// Requests that pass untouched; `None` (the default) costs one branch.
+    pub(crate) skip: Option<Arc<dyn SkipRule>>,
+    skip_name: Option<&'static str>,
 }
 
 impl GateState {
@@ -80,7 +85,16 @@ impl GateState {
             resolver_name: type_name::<FromSession>(),
             responder: Arc::new(DefaultResponder::new()),
             responder_name: type_name::<DefaultResponder>(),
+            skip: None,
+            skip_name: None,
         }
+    }
+
+    fn with_skip(&self, rule: impl SkipRule) -> Self {
+        let mut state = self.clone();
+        state.skip_name = Some(type_name_of(&rule));
+        state.skip = Some(Arc::new(rule));
+        state
     }
 
     fn with_gate(&self, gate: impl GatePredicate) -> Self {
@@ -112,6 +126,7 @@ impl fmt::Debug for GateState {
             .field("gate", &self.gate_name)
             .field("organization", &self.resolver_name)
             .field("responder", &self.responder_name)
+            .field("skip_when", &self.skip_name)
             .finish()
     }
 }
@@ -155,6 +170,41 @@ impl RequireSubscriptionLayer {
     pub fn responder(self, responder: impl RejectionResponder) -> Self {
         Self {
             state: Arc::new(self.state.with_responder(responder)),
+        }
+    }
+
+    /// Lets the requests `rule` selects pass straight to the inner service,
+    /// untouched: no organization is resolved, nothing is looked up, no
+    /// [`Entitlement`](super::Entitlement) is attached. Unlike a request
+    /// [`gate_when`](Self::gate_when) leaves ungated, a skipped one needs no
+    /// organization. A later call replaces an earlier rule.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    ///
+    /// use http::{Request, Response};
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_saas_guard::grpc;
+    /// use tower_saas_guard::subscription::{
+    ///     EntitlementPolicy, Entitlements, MemorySubscriptionStore, RequireSubscriptionLayer,
+    /// };
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let entitlements = Entitlements::new(MemorySubscriptionStore::new());
+    /// let pro_only = RequireSubscriptionLayer::new(entitlements, EntitlementPolicy::new())
+    ///     .skip_when(grpc::service("grpc.health.v1.Health"));
+    /// let service = pro_only.layer(tower::service_fn(|_: Request<()>| async {
+    ///     Ok::<_, Infallible>(Response::new("ok"))
+    /// }));
+    /// let health = Request::post("/grpc.health.v1.Health/Check").body(())?;
+    /// assert_eq!(service.oneshot(health).await?.status(), 200); // no organization needed
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn skip_when(self, rule: impl SkipRule) -> Self {
+        Self {
+            state: Arc::new(self.state.with_skip(rule)),
         }
     }
 }
@@ -204,6 +254,42 @@ impl EntitlementLayer {
     pub fn responder(self, responder: impl RejectionResponder) -> Self {
         Self {
             state: Arc::new(self.state.with_responder(responder)),
+        }
+    }
+
+    /// Lets the requests `rule` selects pass straight to the inner service,
+    /// untouched: no organization is resolved (so none is required),
+    /// nothing is looked up, no [`Entitlement`](super::Entitlement) is
+    /// attached. A later call replaces an earlier rule.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    ///
+    /// use http::{Request, Response};
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_saas_guard::subscription::{
+    ///     EntitlementLayer, EntitlementPolicy, Entitlements, MemorySubscriptionStore,
+    /// };
+    /// use tower_saas_guard::RequestHead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let entitlements = Entitlements::new(MemorySubscriptionStore::new());
+    /// let soft = EntitlementLayer::new(entitlements, EntitlementPolicy::new())
+    ///     .skip_when(|head: &RequestHead<'_>| head.uri().path() == "/healthz");
+    /// let service = soft.layer(tower::service_fn(|_: Request<()>| async {
+    ///     Ok::<_, Infallible>(Response::new("ok"))
+    /// }));
+    /// let health = service.clone().oneshot(Request::get("/healthz").body(())?).await?;
+    /// assert_eq!(health.status(), 200);
+    /// let anonymous = service.oneshot(Request::get("/reports").body(())?).await?;
+    /// assert_eq!(anonymous.status(), 401); // organization_missing
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn skip_when(self, rule: impl SkipRule) -> Self {
+        Self {
+            state: Arc::new(self.state.with_skip(rule)),
         }
     }
 }

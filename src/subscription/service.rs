@@ -77,6 +77,11 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let state = &self.state;
         let head = RequestHead::of(&request);
+        if let Some(skip) = &state.skip {
+            if skip.skips(&head) {
+                return ResponseFuture::calling(self.inner.call(request), Decoration::default());
+            }
+        }
         let Some(organization_id) = state.resolver.organization(&head) else {
             let rejection = state.resolver.missing(&head);
             state.entitlements.core.metrics.rejected(rejection.code());

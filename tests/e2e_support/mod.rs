@@ -1279,3 +1279,90 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// gRPC (`support.v1.Support` and `grpc.health.v1.Health` on the same address)
+// ---------------------------------------------------------------------------
+
+pub use tonic::metadata::MetadataValue;
+pub use tonic::{Code, Status};
+pub use widget_server::pb;
+
+/// A `support.v1.Support` client.
+pub type SupportClient = pb::support_client::SupportClient<tonic::transport::Channel>;
+
+impl Api {
+    /// An HTTP/2 (prior knowledge) channel to the same address as the REST
+    /// API.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.base.clone())
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("the server accepts HTTP/2 connections")
+    }
+
+    /// A `support.v1.Support` client on the same address as the REST API.
+    pub async fn grpc(&self) -> SupportClient {
+        SupportClient::new(self.grpc_channel().await)
+    }
+}
+
+/// `message` with `token` in the `x-session-id` metadata.
+pub fn with_session<T>(message: T, token: &str) -> tonic::Request<T> {
+    with_metadata(message, "x-session-id", token)
+}
+
+/// `message` with `organization` in the `x-organization-id` metadata.
+pub fn as_operator<T>(message: T, organization: &str) -> tonic::Request<T> {
+    with_metadata(message, "x-organization-id", organization)
+}
+
+pub fn with_metadata<T>(message: T, key: &'static str, value: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(key, MetadataValue::try_from(value).expect("ASCII metadata"));
+    request
+}
+
+/// `x-session-expires-at` of a gRPC response (its header metadata), parsed;
+/// `None` when absent.
+pub fn grpc_expires_at(metadata: &tonic::metadata::MetadataMap) -> Option<SystemTime> {
+    metadata.get("x-session-expires-at").map(|value| {
+        let text = value.to_str().expect("x-session-expires-at is ASCII");
+        assert_rfc3339_millis(text);
+        humantime::parse_rfc3339(text).expect("x-session-expires-at is RFC 3339")
+    })
+}
+
+/// Asserts a failed call ended with `code`, and (for a rejection) without
+/// `x-session-expires-at`.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    let status = result.expect_err("the call fails");
+    assert_eq!(status.code(), code, "{status:?}");
+    status
+}
+
+impl TestDatabase {
+    /// Terminates every backend on this database (the server's pool and
+    /// its listener); with [`allow_connections`](Self::allow_connections)
+    /// `false` first, the database is down for the server.
+    pub async fn terminate_all_backends(&self) -> i64 {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+            .await
+            .expect("the admin connection opens");
+        let terminated: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("pg_terminate_backend runs");
+        let _ = admin.close().await;
+        terminated
+    }
+}

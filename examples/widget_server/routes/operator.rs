@@ -93,14 +93,28 @@ pub(crate) async fn enhance_draft(
     Path(id): Path<String>,
     ValidJson(body): ValidJson<Draft>,
 ) -> Result<Json<Value>, ApiError> {
-    required_text("draft", &body.draft, MAX_CONTENT_CHARS)?;
+    let enhanced = enhance(&state, entitlement.organization_id(), &id, &body.draft).await?;
+    Ok(Json(json!({ "enhanced": enhanced })))
+}
+
+/// `draft`, polished by the stand-in, for conversation `id` of
+/// `organization_id` (REST `POST /operator/conversations/{id}/enhance`,
+/// gRPC `Enhance`): the draft is checked first, then the conversation
+/// must be the organization's. Nothing is saved.
+pub(crate) async fn enhance(
+    state: &AppState,
+    organization_id: &str,
+    id: &str,
+    draft: &str,
+) -> Result<String, ApiError> {
+    required_text("draft", draft, MAX_CONTENT_CHARS)?;
     state
         .store
-        .conversation(entitlement.organization_id(), &id)
+        .conversation(organization_id, id)
         .await
         .map_err(ApiError::app_store)?
         .ok_or_else(|| ApiError::not_found(format!("No conversation `{id}`.")))?;
-    Ok(Json(json!({ "enhanced": stand_in_enhance(&body.draft) })))
+    Ok(stand_in_enhance(draft))
 }
 
 #[derive(Deserialize)]

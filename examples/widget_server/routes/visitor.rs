@@ -120,7 +120,17 @@ pub(crate) async fn create_conversation(
     State(state): State<AppState>,
     session: Session,
 ) -> Result<impl IntoResponse, ApiError> {
-    let organization_id = session_organization(&session)?;
+    let conversation = open_conversation(&state, &session).await?;
+    Ok((StatusCode::CREATED, Json(conversation.summary_json())))
+}
+
+/// Opens a conversation of `session`, with the organization's greeting or
+/// the default one (REST `POST /conversations`, gRPC `CreateConversation`).
+pub(crate) async fn open_conversation(
+    state: &AppState,
+    session: &Session,
+) -> Result<Conversation, ApiError> {
+    let organization_id = session_organization(session)?;
     let now = state.now();
     let greeting = state
         .store
@@ -141,12 +151,12 @@ pub(crate) async fn create_conversation(
         .create_conversation(&conversation, &greeting)
         .await
         .map_err(ApiError::app_store)?;
-    Ok((StatusCode::CREATED, Json(conversation.summary_json())))
+    Ok(conversation)
 }
 
 /// The conversation `id`, if it exists and belongs to `session`; anything
 /// else is the same 404, so ids of others leak nothing.
-async fn conversation_of(
+pub(crate) async fn conversation_of(
     state: &AppState,
     session: &Session,
     id: &str,
@@ -189,14 +199,8 @@ pub(crate) struct NewMessage {
     pub(crate) content: String,
 }
 
-/// `POST /conversations/{id}/messages`: renews; soft-gated. When the
-/// organization is entitled and the conversation is `unresolved`, the AI
-/// (stand-in) answers at once; otherwise the message waits for an operator
-/// and the conversation becomes `escalated`. The store decides on the
-/// status and appends in one step, so concurrent messages agree.
-///
-/// The body is checked before the id, so an invalid body on an unknown
-/// conversation is a 400.
+/// `POST /conversations/{id}/messages`: renews; soft-gated; see
+/// [`post_visitor_message`].
 pub(crate) async fn send_message(
     State(state): State<AppState>,
     session: Session,
@@ -204,31 +208,62 @@ pub(crate) async fn send_message(
     Path(id): Path<String>,
     ValidJson(body): ValidJson<NewMessage>,
 ) -> Result<impl IntoResponse, ApiError> {
-    required_text("content", &body.content, MAX_CONTENT_CHARS)?;
+    let sent = post_visitor_message(&state, &session, &entitlement, &id, body.content).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "message_id": sent.message_id,
+            "ai_replied": sent.ai_replied,
+            "status": sent.status,
+        })),
+    ))
+}
+
+/// What sending a visitor message did.
+pub(crate) struct SentMessage {
+    pub(crate) message_id: String,
+    pub(crate) ai_replied: bool,
+    pub(crate) status: Status,
+}
+
+/// Saves the visitor's `content` in conversation `id` (REST `POST
+/// /conversations/{id}/messages`, gRPC `SendMessage`). When the
+/// organization is entitled and the conversation is `unresolved`, the AI
+/// (stand-in) answers at once; otherwise the message waits for an operator
+/// and the conversation becomes `escalated`. The store decides on the
+/// status and appends in one step, so concurrent messages agree.
+///
+/// The content is checked before the id, so an invalid message to an
+/// unknown conversation is a 400.
+pub(crate) async fn post_visitor_message(
+    state: &AppState,
+    session: &Session,
+    entitlement: &Entitlement,
+    id: &str,
+    content: String,
+) -> Result<SentMessage, ApiError> {
+    required_text("content", &content, MAX_CONTENT_CHARS)?;
     let now = state.now();
-    let conversation = conversation_of(&state, &session, &id).await?;
+    let conversation = conversation_of(state, session, id).await?;
     let reply = if entitlement.is_entitled() {
         Some(new_message(
             Role::Assistant,
-            stand_in_ai_reply(&body.content),
+            stand_in_ai_reply(&content),
             now,
         )?)
     } else {
         None
     };
-    let message = new_message(Role::User, body.content, now)?;
+    let message = new_message(Role::User, content, now)?;
     let (status, ai_replied) = state
         .store
-        .add_visitor_message(&conversation.organization_id, &id, &message, reply.as_ref())
+        .add_visitor_message(&conversation.organization_id, id, &message, reply.as_ref())
         .await
         .map_err(ApiError::app_store)?
         .ok_or_else(|| ApiError::not_found(format!("No conversation `{id}`.")))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "message_id": message.id,
-            "ai_replied": ai_replied,
-            "status": status,
-        })),
-    ))
+    Ok(SentMessage {
+        message_id: message.id,
+        ai_replied,
+        status,
+    })
 }
