@@ -92,6 +92,13 @@ pub use crate::request::RequestHead;
 #[cfg(feature = "axum")]
 pub use crate::axum::MissingExtension;
 
+/// Every Rust block of the README, compiled (and run, unless marked
+/// `no_run`) by `cargo test --all-features`, so the quick start a user
+/// pastes keeps working.
+#[cfg(all(doctest, feature = "axum", feature = "postgres"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The type name of a value, for `Debug` of pluggable behaviour (closures).
 pub(crate) fn type_name_of<T>(_: &T) -> &'static str {
     std::any::type_name::<T>()
