@@ -58,7 +58,7 @@
 //! sha2/hmac/getrandom (tokens and webhook signatures), humantime,
 //! coarsetime, foldhash and tracing.
 #![deny(missing_docs, unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod billing;
 mod body;
