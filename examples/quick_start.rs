@@ -1,21 +1,44 @@
-//! The README's quick start, compiled: sliding sessions and pro-only routes
-//! in a small axum app. Run with
-//! `cargo run --example quick_start --features axum` (listens on
-//! 127.0.0.1:3001).
+//! The README's quick start, compiled and runnable: sliding sessions (login,
+//! a renewing route, a validating route, logout) and pro-only routes in a
+//! small axum app. Run with `cargo run --example quick_start --features axum`
+//! (listens on 127.0.0.1:3001).
 
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tower_saas_guard::billing::{BillingWebhook, WebhookVerifier};
-use tower_saas_guard::session::{MemorySessionStore, Session, SessionRefreshLayer};
+use tower_saas_guard::session::{MemorySessionStore, Session, SessionHandle, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     Entitlement, EntitlementLayer, EntitlementPolicy, Entitlements, FromHeader,
     MemorySubscriptionStore, RequireSubscriptionLayer,
 };
-use tower_saas_guard::RequestHead;
+use tower_saas_guard::{ConfigError, RequestHead};
+
+#[derive(Deserialize)]
+struct Login {
+    name: String,
+    organization_id: String,
+}
+
+/// Login: check the credentials your way, then create the session and hand
+/// its token to the client, which sends it back in `x-session-id`.
+async fn login(
+    State(sessions): State<SessionHandle>,
+    Json(login): Json<Login>,
+) -> Result<(StatusCode, Json<Value>), StatusCode> {
+    let created = sessions
+        .create(Some(&login.organization_id), json!({ "name": login.name }))
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let body = json!({ "session_id": created.token.to_string() });
+    Ok((StatusCode::CREATED, Json(body)))
+}
 
 async fn send_message(session: Session) -> String {
     // The layer validated (and, when due, renewed) the session.
@@ -30,11 +53,11 @@ async fn list_messages(session: Session) -> String {
     )
 }
 
-async fn reply(entitlement: Entitlement) -> &'static str {
-    if entitlement.has_feature("ai_reply") {
-        "AI reply"
-    } else {
-        "an operator will answer"
+/// Logout: revoke the session the layer validated.
+async fn logout(State(sessions): State<SessionHandle>, session: Session) -> StatusCode {
+    match sessions.revoke_id(&session.id()).await {
+        Ok(_) => StatusCode::NO_CONTENT,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -50,27 +73,22 @@ async fn upload() -> StatusCode {
     StatusCode::CREATED
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Sliding sessions: 24 h, renewed when less than 4 h are left.
-    let sessions = SessionRefreshLayer::builder(MemorySessionStore::new())
-        .duration(Duration::from_secs(24 * 3600))
-        .refresh_threshold(Duration::from_secs(4 * 3600))
-        .build()?;
-    // Create sessions at login: `handle.create(Some(org_id), payload).await?`
-    // returns the token to hand to the client (`x-session-id` header).
-    let _handle = sessions.handle();
+async fn reply(entitlement: Entitlement) -> &'static str {
+    if entitlement.has_feature("ai_reply") {
+        "AI reply"
+    } else {
+        "an operator will answer"
+    }
+}
 
-    // Pro-only routes.
-    let entitlements = Entitlements::builder(MemorySubscriptionStore::new())
-        .positive_ttl(Duration::from_secs(60)) // entitled organizations
-        .negative_ttl(Duration::from_secs(10)) // others: re-checked sooner
-        .build()?;
+/// Pro-only routes, gated by the organization's subscription.
+fn pro_routes(entitlements: Entitlements) -> Router {
     let policy = EntitlementPolicy::new()
         .past_due_grace(Duration::from_secs(3 * 24 * 3600))
         .plan_features("pro", ["ai_reply", "file_upload"]);
     // Your own auth decides the organization; here a trusted header.
     let organization = || FromHeader::new(HeaderName::from_static("x-organization-id"));
+
     // Hard gate: 403 `subscription_required` for free organizations.
     let pro_only = RequireSubscriptionLayer::new(entitlements.clone(), policy.clone())
         .organization(organization());
@@ -79,11 +97,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         !matches!(*head.method(), Method::GET | Method::DELETE)
     });
     // Soft gate: never rejects, the handler reads the decision.
-    let soft = EntitlementLayer::new(entitlements.clone(), policy).organization(organization());
+    let soft = EntitlementLayer::new(entitlements, policy).organization(organization());
 
+    Router::new()
+        .route("/enhance", post(enhance).route_layer(pro_only))
+        .route(
+            "/files",
+            get(list_files).post(upload).route_layer(pro_writes),
+        )
+        .route("/replies", post(reply).route_layer(soft))
+}
+
+/// The subscription cache, in front of a store that billing webhooks keep
+/// up to date.
+fn entitlements() -> Result<Entitlements, ConfigError> {
+    Entitlements::builder(MemorySubscriptionStore::new())
+        .positive_ttl(Duration::from_secs(60)) // entitled organizations
+        .negative_ttl(Duration::from_secs(10)) // others: re-checked sooner
+        .build()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Sliding sessions: 24 h, renewed when less than 4 h are left.
+    let sessions = SessionRefreshLayer::builder(MemorySessionStore::new())
+        .duration(Duration::from_secs(24 * 3600))
+        .refresh_threshold(Duration::from_secs(4 * 3600))
+        .build()?;
+
+    let entitlements = entitlements()?;
     // Billing: verify the signature on the raw body, then store the change
     // and invalidate the cache in one call.
-    let webhook = BillingWebhook::new(WebhookVerifier::try_new("whsec_change_me")?, entitlements);
+    let webhook = BillingWebhook::new(
+        WebhookVerifier::try_new("whsec_change_me")?,
+        entitlements.clone(),
+    );
     let billing = move |headers: HeaderMap, body: Bytes| async move {
         match webhook
             .handle(headers.get("webhook-signature"), &body)
@@ -95,6 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let app = Router::new()
+        .route("/login", post(login))
         // Activity renews…
         .route(
             "/messages",
@@ -103,17 +152,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // …reads only validate.
         .route(
             "/messages",
-            get(list_messages).route_layer(sessions.validate_only()),
+            get(list_messages).route_layer(sessions.clone().validate_only()),
         )
-        .route("/enhance", post(enhance).route_layer(pro_only))
         .route(
-            "/files",
-            get(list_files).post(upload).route_layer(pro_writes),
+            "/logout",
+            post(logout).route_layer(sessions.clone().validate_only()),
         )
-        .route("/replies", post(reply).route_layer(soft))
+        .with_state(sessions.handle())
+        .merge(pro_routes(entitlements))
         .route("/billing/webhook", post(billing));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
+    println!("listening on http://127.0.0.1:3001");
     axum::serve(listener, app).await?;
     Ok(())
 }

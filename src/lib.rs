@@ -61,7 +61,7 @@
 //! sha2/hmac/getrandom (tokens and webhook signatures), humantime,
 //! coarsetime, foldhash and tracing.
 #![deny(missing_docs, unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod billing;
 mod body;
@@ -104,6 +104,13 @@ pub use async_trait::async_trait;
 
 #[cfg(feature = "axum")]
 pub use crate::axum::MissingExtension;
+
+/// Every Rust block of the README, compiled (and run, unless marked
+/// `no_run`) by `cargo test --all-features`, so the quick start a user
+/// pastes keeps working.
+#[cfg(all(doctest, feature = "axum", feature = "postgres"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The type name of a value, for `Debug` of pluggable behaviour (closures).
 pub(crate) fn type_name_of<T>(_: &T) -> &'static str {

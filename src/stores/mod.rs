@@ -49,8 +49,10 @@
 //!
 //! The schema ships as plain SQL files in the crate's
 //! `migrations/sqlite/` and `migrations/postgres/` folders (one migration
-//! set per backend, sessions and subscriptions together), embedded with
-//! `sqlx::migrate!`. Each store runs them on its first use, once (a
+//! set per backend, sessions and subscriptions together), embedded in the
+//! crate (`include_str!`, with the version, description and checksum
+//! `sqlx::migrate!` would give them, but without sqlx's proc macros, which
+//! would build every enabled driver a second time). Each store runs them on its first use, once (a
 //! concurrent first use runs them once; two stores on one database, or two
 //! processes, may both start: the migrations take the database's lock and
 //! the second finds them applied). `migrate()` runs them explicitly, for

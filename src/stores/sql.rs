@@ -6,7 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::migrate::{Migrate, MigrateError, Migrator};
+use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
+use sqlx::SqlSafeStr;
 use tokio::sync::OnceCell;
 
 use crate::error::StoreError;
@@ -16,6 +17,37 @@ use crate::subscription::{Subscription, SubscriptionStatus, UnknownStatus};
 /// The table the crate's migrations are tracked in (not sqlx's default
 /// `_sqlx_migrations`, which an application's own migrations may use).
 pub(crate) const MIGRATIONS_TABLE: &str = "_tower_saas_guard_migrations";
+
+/// The migrations of one backend, from the files of `migrations/<backend>/`
+/// as `(file stem, contents)`, tracked in [`MIGRATIONS_TABLE`].
+///
+/// What `sqlx::migrate!` builds from that folder (version and description
+/// from `VERSION_DESCRIPTION.sql`, the SHA-384 of the file as checksum,
+/// `-- no-transaction` honoured), without sqlx's proc macros: they would
+/// compile every enabled driver (SQLite's C library included) a second
+/// time, for the compiler, in every build of an application.
+pub(crate) fn embedded_migrator(files: &[(&'static str, &'static str)]) -> Migrator {
+    let migrations = files
+        .iter()
+        .map(|&(stem, sql)| {
+            let (version, description) = stem
+                .split_once('_')
+                .expect("migration files are named VERSION_DESCRIPTION.sql");
+            Migration::new(
+                version
+                    .parse()
+                    .expect("migration files start with a numeric version"),
+                description.replace('_', " ").into(),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                sql.starts_with("-- no-transaction"),
+            )
+        })
+        .collect();
+    let mut migrator = Migrator::with_migrations(migrations);
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+}
 
 /// A value that cannot go into a row, or a stored row that does not decode.
 ///

@@ -51,7 +51,7 @@ use sqlx::PgPool;
 pub use self::channel::{InvalidChannelName, PostgresInvalidationChannel};
 pub use self::session::PostgresSessionStore;
 pub use self::subscription::PostgresSubscriptionStore;
-use super::sql::{apply_pending, driver_error, MIGRATIONS_TABLE};
+use super::sql::{apply_pending, driver_error, embedded_migrator};
 use crate::error::StoreError;
 
 /// The crate's PostgreSQL migrations (the files of `migrations/postgres/`),
@@ -60,9 +60,20 @@ use crate::error::StoreError;
 /// The stores run them themselves; this is for running them from your own
 /// deployment code, or for comparing them with what a database holds.
 pub fn migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("./migrations/postgres");
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator
+    embedded_migrator(&[
+        (
+            "0001_sessions",
+            include_str!("../../../migrations/postgres/0001_sessions.sql"),
+        ),
+        (
+            "0002_subscriptions",
+            include_str!("../../../migrations/postgres/0002_subscriptions.sql"),
+        ),
+        (
+            "0003_subscription_events",
+            include_str!("../../../migrations/postgres/0003_subscription_events.sql"),
+        ),
+    ])
 }
 
 /// Applies the migrations on one connection, under sqlx's advisory lock.

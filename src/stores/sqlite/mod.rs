@@ -51,7 +51,7 @@ use sqlx::SqlitePool;
 
 pub use self::session::SqliteSessionStore;
 pub use self::subscription::SqliteSubscriptionStore;
-use super::sql::{apply_pending, driver_error, MIGRATIONS_TABLE};
+use super::sql::{apply_pending, driver_error, embedded_migrator};
 use crate::error::StoreError;
 
 /// The crate's SQLite migrations (the files of `migrations/sqlite/`),
@@ -60,9 +60,20 @@ use crate::error::StoreError;
 /// The stores run them themselves; this is for running them from your own
 /// deployment code, or for comparing them with what a database holds.
 pub fn migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("./migrations/sqlite");
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator
+    embedded_migrator(&[
+        (
+            "0001_sessions",
+            include_str!("../../../migrations/sqlite/0001_sessions.sql"),
+        ),
+        (
+            "0002_subscriptions",
+            include_str!("../../../migrations/sqlite/0002_subscriptions.sql"),
+        ),
+        (
+            "0003_subscription_events",
+            include_str!("../../../migrations/sqlite/0003_subscription_events.sql"),
+        ),
+    ])
 }
 
 /// Applies the migrations inside one `BEGIN IMMEDIATE` transaction: it
