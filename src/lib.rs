@@ -108,7 +108,7 @@ pub use crate::axum::MissingExtension;
 /// Every Rust block of the README, compiled (and run, unless marked
 /// `no_run`) by `cargo test --all-features`, so the quick start a user
 /// pastes keeps working.
-#[cfg(all(doctest, feature = "axum", feature = "postgres"))]
+#[cfg(all(doctest, feature = "axum", feature = "postgres", feature = "tonic"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

@@ -268,7 +268,7 @@ impl EntitlementLayer {
     /// use http::{Request, Response};
     /// use tower::{Layer, ServiceExt};
     /// use tower_saas_guard::subscription::{
-    ///     EntitlementLayer, EntitlementPolicy, Entitlements, MemorySubscriptionStore,
+    ///     EntitlementLayer, EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore,
     /// };
     /// use tower_saas_guard::RequestHead;
     ///
@@ -276,6 +276,7 @@ impl EntitlementLayer {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let entitlements = Entitlements::new(MemorySubscriptionStore::new());
     /// let soft = EntitlementLayer::new(entitlements, EntitlementPolicy::new())
+    ///     .organization(FromHeader::new(http::HeaderName::from_static("x-organization-id")))
     ///     .skip_when(|head: &RequestHead<'_>| head.uri().path() == "/healthz");
     /// let service = soft.layer(tower::service_fn(|_: Request<()>| async {
     ///     Ok::<_, Infallible>(Response::new("ok"))
