@@ -250,6 +250,30 @@ async fn binary_prints_the_bound_address_first_and_serves_the_visitor_routes() {
     assert_eq!(reply.body["name"], "Ada");
     assert!(reply.session_expires_at().is_some(), "{reply:?}");
 
+    // One line per request on stderr: method, path, status, latency; never
+    // the token.
+    let logged = |wanted: &'static str| {
+        let stderr = std::sync::Arc::clone(&running.stderr);
+        async move {
+            for _ in 0..500 {
+                if stderr.lock().expect("not poisoned").contains(wanted) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+    };
+    assert!(logged("POST /contact-sessions 201 ").await);
+    assert!(logged("GET /contact-sessions/current 200 ").await);
+    let log = running.stderr.lock().expect("not poisoned").clone();
+    assert!(!log.contains(&token), "{log}");
+    let line = log
+        .lines()
+        .find(|line| line.starts_with("GET /contact-sessions/current 200 "))
+        .expect("logged");
+    assert!(line.ends_with("ms"), "{line}");
+
     let id = api.start_conversation(&token).await;
     let reply = api.send_message(&token, &id, "hello").await;
     assert_eq!(reply.status, 201, "{reply:?}");
@@ -391,4 +415,46 @@ async fn binary_prints_usage_on_help_and_exits_0() {
     }
     assert!(!stdout.contains("listening on"), "{stdout}");
     assert!(stderr.is_empty(), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn binary_logs_refused_webhooks_at_most_once_a_second() {
+    let (running, _) = spawn_binary(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--webhook-secret",
+        SECRET,
+    ])
+    .await;
+    let api = Api::new(running.addr);
+    let body = event("org_1", "sub_1", "active", "pro").to_string();
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        let reply = api.post_webhook(&body, Some("t=1,v1=00")).await;
+        assert_eq!(reply.status, 401, "{reply:?}");
+    }
+    let elapsed = started.elapsed().as_secs();
+    // The request log has a line per request; the refusal log far fewer.
+    let mut requests = 0;
+    for _ in 0..500 {
+        requests = running
+            .stderr
+            .lock()
+            .expect("not poisoned")
+            .matches("POST /billing/webhook 401 ")
+            .count();
+        if requests == 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(requests, 300);
+    let log = running.stderr.lock().expect("not poisoned").clone();
+    let refusals = log.matches("billing webhook refused").count();
+    assert!(
+        (1..=usize::try_from(elapsed).expect("small") + 2).contains(&refusals),
+        "{refusals} refusal lines in {elapsed} s"
+    );
 }

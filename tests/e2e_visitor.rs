@@ -512,3 +512,24 @@ async fn wrong_methods_are_405_method_not_allowed_problems_before_any_session_or
         assert!(allow.contains(allowed), "{method} {path}: allow {allow:?}");
     }
 }
+
+#[tokio::test]
+async fn an_id_that_is_not_utf8_is_a_400_problem_not_plain_text() {
+    let server = serve(&[]).await;
+    let token = server.api.start_session().await;
+    let reply = server
+        .api
+        .get("/conversations/%FF%FE/messages", Some(&token))
+        .await;
+    reply.assert_problem(400, "invalid_request");
+    let reply = server
+        .api
+        .operator_json(
+            Method::POST,
+            "/operator/conversations/%C3%28/messages",
+            "org_1",
+            &json!({ "content": "hi" }),
+        )
+        .await;
+    reply.assert_problem(400, "invalid_request");
+}

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue, Method};
+use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -292,7 +293,25 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         .method_not_allowed_fallback(method_not_allowed)
         .merge(visitor_routes)
         .fallback(route_not_found)
+        // Outermost: every request, answered by any route or layer.
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state))
+}
+
+/// One line per request on stderr: method, path (never the query, which
+/// may hold a cursor; never a header, which may hold a token), status and
+/// the time the answer took.
+async fn log_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    eprintln!(
+        "{method} {path} {} {:.1}ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    response
 }
 
 /// CORS for the visitor routes (SPEC §5): preflights from `origins` (any

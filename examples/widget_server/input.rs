@@ -2,7 +2,8 @@
 //! JSON bodies; and fresh ids.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::Json;
 use serde::de::DeserializeOwned;
 use tower_saas_guard::session::SessionToken;
@@ -87,6 +88,25 @@ pub(crate) fn describe(rejection: &JsonRejection) -> String {
             "The body must be JSON, sent with `content-type: application/json`.".to_owned()
         }
         other => other.body_text(),
+    }
+}
+
+/// An id in the path (`/conversations/{id}/…`): like axum's `Path<String>`,
+/// except that a segment that is not UTF-8 once percent-decoded is a 400
+/// `invalid_request` problem, not axum's plain-text answer.
+pub(crate) struct PathId(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Self(id)),
+            Err(rejection) => Err(ApiError::invalid_request(format!(
+                "The id in the path is not valid: {}",
+                rejection.body_text()
+            ))),
+        }
     }
 }
 

@@ -100,7 +100,7 @@ impl ApiError {
         if matches!(error, WebhookError::Store(_)) {
             return Self::store_unavailable("subscription", &error);
         }
-        eprintln!("widget_server: billing webhook refused: {error}");
+        log_refusal(&error);
         Self {
             status: error.status(),
             code: error.code(),
@@ -117,6 +117,32 @@ impl ApiError {
             title: "Internal server error",
             detail: "The server failed to answer this request.".to_owned(),
         }
+    }
+}
+
+/// Logs a refused webhook, at most one line a second: a sender flooding
+/// the route with bad signatures cannot flood the log. The next line says
+/// how many were not logged.
+fn log_refusal(error: &WebhookError) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let last = LAST_SECOND.load(Ordering::Relaxed);
+    if second > last
+        && LAST_SECOND
+            .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        eprintln!(
+            "widget_server: billing webhook refused: {error} ({suppressed} more refused since the last line)"
+        );
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -689,6 +689,9 @@ pub struct RunningBinary {
     pub _dir: Option<tempfile::TempDir>,
     /// Kept open so the server never writes to a closed pipe.
     pub _stdout: BufReader<ChildStdout>,
+    /// Everything the server wrote to stderr so far (also echoed to the
+    /// test's stderr).
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl RunningBinary {
@@ -722,10 +725,21 @@ pub async fn spawn_binary_in(working_dir: &Path, args: &[&str]) -> (RunningBinar
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the example binary starts");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let collected = std::sync::Arc::clone(&stderr);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[widget_server] {line}");
+            let mut text = collected.lock().unwrap_or_else(|e| e.into_inner());
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
     let read = tokio::time::timeout(PROCESS_TIMEOUT, stdout.read_line(&mut line))
@@ -744,6 +758,7 @@ pub async fn spawn_binary_in(working_dir: &Path, args: &[&str]) -> (RunningBinar
         addr,
         _dir: dir,
         _stdout: stdout,
+        stderr,
     };
     (running, line)
 }

@@ -2,7 +2,7 @@
 //! the `Entitlement` its subscription layer attached
 //! (`Entitlement::organization_id`), resolved from `x-organization-id`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -15,7 +15,7 @@ use tower_saas_guard::{rfc3339_millis, unix_millis};
 use super::ai::stand_in_enhance;
 use super::app::AppState;
 use super::input::{
-    new_id, required_text, ValidJson, MAX_CONTENT_CHARS, MAX_FILE_BYTES, MAX_NAME_CHARS,
+    new_id, required_text, PathId, ValidJson, MAX_CONTENT_CHARS, MAX_FILE_BYTES, MAX_NAME_CHARS,
 };
 use super::new_message;
 use super::pagination::{session_next_cursor, PageParams};
@@ -60,7 +60,7 @@ pub(crate) async fn operator_conversations(
 pub(crate) async fn operator_reply(
     State(state): State<AppState>,
     entitlement: Entitlement,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     ValidJson(body): ValidJson<NewMessage>,
 ) -> Result<impl IntoResponse, ApiError> {
     required_text("content", &body.content, MAX_CONTENT_CHARS)?;
@@ -90,7 +90,7 @@ pub(crate) struct Draft {
 pub(crate) async fn enhance_draft(
     State(state): State<AppState>,
     entitlement: Entitlement,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     ValidJson(body): ValidJson<Draft>,
 ) -> Result<Json<Value>, ApiError> {
     let enhanced = enhance(&state, entitlement.organization_id(), &id, &body.draft).await?;
@@ -179,7 +179,7 @@ pub(crate) async fn list_files(
 pub(crate) async fn delete_file(
     State(state): State<AppState>,
     entitlement: Entitlement,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let deleted = state
         .store
@@ -283,7 +283,7 @@ fn contact_session_json(record: &SessionRecord) -> Value {
 pub(crate) async fn revoke_contact_session(
     State(state): State<AppState>,
     entitlement: Entitlement,
-    Path(session_ref): Path<String>,
+    PathId(session_ref): PathId,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::not_found(format!("No contact session `{session_ref}`."));
     let id = SessionId::from_hex(&session_ref).ok_or_else(not_found)?;

@@ -7,7 +7,7 @@
 //! sessions one could list or end together. Operators list and end them by
 //! organization.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -20,7 +20,7 @@ use tower_saas_guard::{rfc3339_millis, unix_millis};
 use super::ai::stand_in_ai_reply;
 use super::app::{AppState, DEFAULT_GREETING};
 use super::input::{
-    email_address, new_id, required_text, ValidJson, MAX_CONTENT_CHARS, MAX_ID_CHARS,
+    email_address, new_id, required_text, PathId, ValidJson, MAX_CONTENT_CHARS, MAX_ID_CHARS,
     MAX_NAME_CHARS,
 };
 use super::new_message;
@@ -176,7 +176,7 @@ pub(crate) async fn conversation_of(
 pub(crate) async fn list_messages(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     pagination: PageParams,
 ) -> Result<Json<Value>, ApiError> {
     let page = pagination.page()?;
@@ -205,7 +205,7 @@ pub(crate) async fn send_message(
     State(state): State<AppState>,
     session: Session,
     entitlement: Entitlement,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     ValidJson(body): ValidJson<NewMessage>,
 ) -> Result<impl IntoResponse, ApiError> {
     let sent = post_visitor_message(&state, &session, &entitlement, &id, body.content).await?;
