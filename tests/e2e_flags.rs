@@ -31,6 +31,10 @@ fn no_flags_give_the_documented_defaults() {
     assert_eq!(config.webhook_secret, None);
     assert!(config.stripe_webhook_secrets.is_empty());
     assert!(config.cors_origins.is_empty(), "any origin by default");
+    assert_eq!(
+        (config.rate_burst.get(), config.rate_per_second.get()),
+        (100, 10)
+    );
 }
 
 #[test]
@@ -132,7 +136,10 @@ fn help_flag_asks_for_usage_wherever_it_is() {
 
 #[test]
 fn malformed_command_lines_are_errors_naming_the_problem() {
-    let cases: [(&[&str], &str); 20] = [
+    let cases: [(&[&str], &str); 23] = [
+        (&["--rate-burst", "0"], "--rate-burst"),
+        (&["--rate-burst=-3"], "--rate-burst"),
+        (&["--rate-per-second", "ten"], "--rate-per-second"),
         (&["--cors-origin", "shop.example"], "--cors-origin"),
         (
             &["--cors-origin", "https://shop.example/widget"],
@@ -400,6 +407,8 @@ async fn binary_prints_usage_on_help_and_exits_0() {
         "--webhook-secret",
         "--stripe-webhook-secret",
         "--cors-origin",
+        "--rate-burst",
+        "--rate-per-second",
     ] {
         assert!(stdout.contains(flag), "usage mentions {flag}: {stdout}");
     }

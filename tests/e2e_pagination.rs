@@ -143,7 +143,8 @@ async fn every_listing_pages_oldest_first_until_next_cursor_is_null() {
 
 #[tokio::test]
 async fn limit_defaults_to_50_and_may_be_at_most_200() {
-    let server = serve(&[]).await;
+    // 201 conversations from one session: past the default write burst.
+    let server = serve(&["--rate-burst", "1000"]).await;
     let api = &server.api;
     let token = api.start_session().await;
     for _ in 0..201 {

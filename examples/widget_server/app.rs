@@ -30,6 +30,7 @@ use super::backends;
 use super::cli::Config;
 use super::grpc;
 use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS, MAX_WEBHOOK_BODY_BYTES};
+use super::limits::Limits;
 use super::routes::{billing, method_not_allowed, operator, route_not_found, visitor};
 use super::storage::AppStore;
 
@@ -182,6 +183,7 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         policy,
         billing,
         stripe,
+        limits: Limits::start(config.rate_burst, config.rate_per_second),
         _purge: Arc::new([purge, purge_event_ids]),
     };
 
@@ -390,6 +392,8 @@ pub(crate) struct AppState {
     pub(crate) billing: Option<BillingWebhook>,
     /// `None` without `--stripe-webhook-secret`.
     pub(crate) stripe: Option<StripeWebhook>,
+    /// The rate limits of session creation and of writes.
+    pub(crate) limits: Arc<Limits>,
     /// Purge expired sessions and old billing event ids for as long as the
     /// router lives.
     _purge: Arc<[PurgeTask; 2]>,

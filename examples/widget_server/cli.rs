@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 
 use axum::http::HeaderValue;
 use std::time::Duration;
@@ -42,6 +43,12 @@ Flags (`--flag value` or `--flag=value`):
   --cors-origin ORIGIN         an origin allowed to call the visitor routes
                                from a browser (repeat for several; `*` for
                                any) [default: *]
+  --rate-burst N               requests a client may make at once before the
+                               rate limits apply: new sessions per client
+                               address, writes per session and per
+                               organization; beyond it 429 rate_limited
+                               [default: 100]
+  --rate-per-second N          how fast that allowance refills [default: 10]
   -h, --help                   print this help and exit
 
 Durations use humantime syntax: 500ms, 10s, 4h, 30d.
@@ -200,6 +207,12 @@ pub struct Config {
     /// The origins allowed to call the visitor routes from a browser;
     /// empty allows any (`*`, the default).
     pub cors_origins: Vec<HeaderValue>,
+    /// Requests a client may make at once before the rate limits apply
+    /// (per client address for new sessions, per session and per
+    /// organization for writes).
+    pub rate_burst: NonZeroU32,
+    /// How fast a client's allowance refills, per second.
+    pub rate_per_second: NonZeroU32,
 }
 
 /// A secret a billing webhook's signature is keyed with. `Debug` never
@@ -240,6 +253,8 @@ impl Default for Config {
             webhook_secret: None,
             stripe_webhook_secrets: Vec::new(),
             cors_origins: Vec::new(),
+            rate_burst: NonZeroU32::new(100).expect("not zero"),
+            rate_per_second: NonZeroU32::new(10).expect("not zero"),
         }
     }
 }
@@ -320,6 +335,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, 
                 }
                 config.stripe_webhook_secrets.push(WebhookSecret(secret));
             }
+            "--rate-burst" => config.rate_burst = parse_positive(&flag, &value()?)?,
+            "--rate-per-second" => config.rate_per_second = parse_positive(&flag, &value()?)?,
             "--cors-origin" => {
                 let origin = value()?;
                 if origin == "*" {
@@ -357,6 +374,11 @@ fn parse_origin(text: &str) -> Result<HeaderValue, String> {
         return Err(invalid());
     }
     HeaderValue::from_str(text).map_err(|_| invalid())
+}
+
+fn parse_positive(flag: &str, text: &str) -> Result<NonZeroU32, String> {
+    text.parse()
+        .map_err(|_| format!("{flag}: `{text}` is not a whole number from 1 to 4294967295"))
 }
 
 fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {

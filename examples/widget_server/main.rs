@@ -197,6 +197,7 @@ mod backends;
 mod cli;
 mod grpc;
 mod input;
+mod limits;
 mod pagination;
 mod problem;
 mod routes;
@@ -253,9 +254,12 @@ async fn main() -> ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -19,6 +19,8 @@ pub(crate) struct ApiError {
     pub(crate) code: &'static str,
     pub(crate) title: &'static str,
     pub(crate) detail: String,
+    /// `Retry-After`, in seconds, when retrying later can succeed.
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code: "invalid_request",
             title: "Invalid request",
             detail,
+            retry_after: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl ApiError {
             code: "not_found",
             title: "Not found",
             detail,
+            retry_after: None,
         }
     }
 
@@ -48,6 +52,7 @@ impl ApiError {
             code: ErrorCode::SubscriptionRequired.as_str(),
             title: ErrorCode::SubscriptionRequired.title(),
             detail,
+            retry_after: None,
         }
     }
 
@@ -59,6 +64,21 @@ impl ApiError {
             code: ErrorCode::StoreUnavailable.as_str(),
             title: ErrorCode::StoreUnavailable.title(),
             detail: format!("The {which} store is unavailable; retry later."),
+            // Worth retrying soon.
+            retry_after: Some(1),
+        }
+    }
+
+    /// Beyond a rate limit: 429 `rate_limited`, retry after `wait`
+    /// (rounded up to whole seconds, at least 1).
+    pub(crate) fn rate_limited(wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            title: "Too many requests",
+            detail: format!("Too many requests; retry in {} s.", seconds.max(1)),
+            retry_after: Some(seconds.max(1)),
         }
     }
 
@@ -77,6 +97,7 @@ impl ApiError {
                 "This server has no webhook secret ({flag}), so it cannot verify these \
                  billing webhooks."
             ),
+            retry_after: None,
         }
     }
 
@@ -89,6 +110,7 @@ impl ApiError {
                 code: "payload_too_large",
                 title: "Payload too large",
                 detail: format!("The body must be at most {limit} bytes."),
+                retry_after: None,
             };
         }
         Self::invalid_request(rejection.body_text())
@@ -106,6 +128,7 @@ impl ApiError {
             code: error.code(),
             title: error.title(),
             detail: error.to_string(),
+            retry_after: None,
         }
     }
 
@@ -116,6 +139,7 @@ impl ApiError {
             code: "internal_error",
             title: "Internal server error",
             detail: "The server failed to answer this request.".to_owned(),
+            retry_after: None,
         }
     }
 }
@@ -150,11 +174,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response =
             problem_json(self.status, self.code, self.title, &self.detail).map(Body::from);
-        // Worth retrying soon; a missing webhook secret is not.
-        if self.code == ErrorCode::StoreUnavailable.as_str() {
+        if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

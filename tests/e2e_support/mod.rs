@@ -586,7 +586,12 @@ async fn serve_with(args: &[&str], dir: Option<tempfile::TempDir>) -> Server {
         .expect("a free port on 127.0.0.1");
     let addr = listener.local_addr().expect("bound address");
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("the server runs");
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("the server runs");
     });
     Server {
         api: Api::new(addr),

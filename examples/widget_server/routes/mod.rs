@@ -16,7 +16,7 @@ use super::problem::ApiError;
 // Private imports are visible to the submodules: they reach the rest of
 // the app as `super::app`, `super::storage`, … (this file is included as a
 // module by the end-to-end tests too, so `crate::` would not name it).
-use super::{ai, app, input, pagination, problem, storage};
+use super::{ai, app, input, limits, pagination, problem, storage};
 use storage::{Message, Role};
 
 /// An unknown route: 404 `not_found`, or `UNIMPLEMENTED` for a gRPC call
@@ -48,6 +48,7 @@ pub(crate) async fn method_not_allowed() -> ApiError {
         code: "method_not_allowed",
         title: "Method not allowed",
         detail: "This route does not accept this method; see the Allow header.".to_owned(),
+        retry_after: None,
     }
 }
 

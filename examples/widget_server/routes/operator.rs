@@ -63,6 +63,9 @@ pub(crate) async fn operator_reply(
     PathId(id): PathId,
     ValidJson(body): ValidJson<NewMessage>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state
+        .limits
+        .organization_write(entitlement.organization_id())?;
     required_text("content", &body.content, MAX_CONTENT_CHARS)?;
     let message = new_message(Role::Operator, body.content, state.now())?;
     let status = state
@@ -107,6 +110,7 @@ pub(crate) async fn enhance(
     id: &str,
     draft: &str,
 ) -> Result<String, ApiError> {
+    state.limits.organization_write(organization_id)?;
     required_text("draft", draft, MAX_CONTENT_CHARS)?;
     state
         .store
@@ -129,6 +133,9 @@ pub(crate) async fn upload_file(
     entitlement: Entitlement,
     ValidJson(body): ValidJson<Upload>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state
+        .limits
+        .organization_write(entitlement.organization_id())?;
     let name = required_text("name", &body.name, MAX_NAME_CHARS)?;
     if body.content.trim().is_empty() {
         return Err(ApiError::invalid_request(
@@ -206,6 +213,7 @@ pub(crate) async fn put_widget_settings(
     body: Result<ValidJson<WidgetSettings>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let organization_id = entitlement.organization_id();
+    state.limits.organization_write(organization_id)?;
     let may_create = entitlement.is_entitled();
     let refuse_creation = || {
         refuse_if_store_failed(&entitlement)?;

@@ -23,6 +23,7 @@ use super::input::{
     email_address, new_id, required_text, PathId, ValidJson, MAX_CONTENT_CHARS, MAX_ID_CHARS,
     MAX_NAME_CHARS,
 };
+use super::limits::ClientAddr;
 use super::new_message;
 use super::pagination::PageParams;
 use super::problem::ApiError;
@@ -46,8 +47,10 @@ pub(crate) struct NewContactSession {
 /// the module's docs).
 pub(crate) async fn create_contact_session(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     ValidJson(body): ValidJson<NewContactSession>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.limits.contact_session(client)?;
     let name = required_text("name", &body.name, MAX_NAME_CHARS)?;
     let email = email_address(&body.email)?;
     let organization_id = required_text("organization_id", &body.organization_id, MAX_ID_CHARS)?;
@@ -130,6 +133,7 @@ pub(crate) async fn open_conversation(
     state: &AppState,
     session: &Session,
 ) -> Result<Conversation, ApiError> {
+    state.limits.session_write(session.id())?;
     let organization_id = session_organization(session)?;
     let now = state.now();
     let greeting = state
@@ -242,6 +246,7 @@ pub(crate) async fn post_visitor_message(
     id: &str,
     content: String,
 ) -> Result<SentMessage, ApiError> {
+    state.limits.session_write(session.id())?;
     required_text("content", &content, MAX_CONTENT_CHARS)?;
     let now = state.now();
     let conversation = conversation_of(state, session, id).await?;
