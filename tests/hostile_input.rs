@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::fmt::Debug;
 use std::time::{Duration, SystemTime};
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseResult, TestRunner};
 use serde_json::{json, Value};
@@ -26,7 +26,9 @@ use tower_saas_guard::session::{
     BearerSource, CookieSource, Session, SessionRefreshLayer, SESSION_EXPIRES_AT,
 };
 use tower_saas_guard::subscription::{
-    EntitlementPolicy, EntitlementReason, Entitlements, MemorySubscriptionStore, SubscriptionStatus,
+    Entitlement, EntitlementPolicy, EntitlementReason, Entitlements, FromHeader,
+    MemorySubscriptionStore, RequireSubscriptionLayer, Subscription, SubscriptionChange,
+    SubscriptionStatus,
 };
 use tower_saas_guard::{rfc3339_millis, ManualClock, RequestHead, StoreError};
 
@@ -526,6 +528,100 @@ fn any_request_path_reaches_the_activity_rule_and_never_changes_a_rejection() {
         }
         Ok(())
     });
+}
+
+/// An inner service that answers 200 with the entitlement it saw.
+fn entitlement_echo(layer: RequireSubscriptionLayer) -> Echo {
+    let inner = service_fn(|request: Request<()>| async move {
+        let entitled = request
+            .extensions()
+            .get::<Entitlement>()
+            .map(Entitlement::is_entitled);
+        Ok::<_, Infallible>(Response::new(json!({ "entitled": entitled }).to_string()))
+    });
+    tower::util::BoxCloneSyncService::new(layer.layer(inner))
+}
+
+/// `x-organization-id` values: absent, a known organization (padded with
+/// blanks), text at and over the 128-character limit, or any bytes.
+fn organization_header() -> impl Strategy<Value = Option<Vec<u8>>> {
+    prop_oneof![
+        1 => Just(None),
+        2 => ("[ \t]{0,2}", prop::sample::select(vec!["org_pro", "org_free"]), "[ \t]{0,2}")
+            .prop_map(|(before, id, after)| Some(format!("{before}{id}{after}").into_bytes())),
+        1 => "[\u{e9}a]{126,130}".prop_map(|text| Some(text.into_bytes())),
+        2 => credential().prop_map(Some),
+    ]
+}
+
+/// What `FromHeader` documents: UTF-8, trimmed, non-empty, at most 128
+/// characters; anything else counts as missing.
+fn organization_named(value: Option<&[u8]>) -> Option<&str> {
+    let text = std::str::from_utf8(value?).ok()?.trim();
+    (!text.is_empty() && text.chars().count() <= 128).then_some(text)
+}
+
+#[test]
+fn any_path_method_and_organization_header_gets_the_gate_predicates_answer() {
+    let runtime = runtime();
+    let entitlements = entitlements();
+    let pro = Subscription {
+        organization_id: "org_pro".to_owned(),
+        subscription_id: "sub_1".to_owned(),
+        status: SubscriptionStatus::Active,
+        plan: "pro".to_owned(),
+        current_period_end: Some(at(NOW) + 30 * 24 * HOUR),
+        trial_end: None,
+    };
+    runtime
+        .block_on(entitlements.apply(&SubscriptionChange::new(pro, at(NOW))))
+        .expect("memory store");
+    // Reads are open to all; writes need a subscription, except /public/.
+    let gate = |head: &RequestHead<'_>| {
+        head.method() != Method::GET && !head.uri().path().starts_with("/public/")
+    };
+    let layer = RequireSubscriptionLayer::new(entitlements, EntitlementPolicy::new())
+        .organization(FromHeader::new(HeaderName::from_static(
+            "x-organization-id",
+        )))
+        .gate_when(gate);
+    let service = entitlement_echo(layer);
+    let method = prop::sample::select(vec![Method::GET, Method::POST, Method::DELETE]);
+    let path = prop_oneof![path(), "/public/[a-z]{0,8}"];
+    check(
+        512,
+        (method, path, organization_header()),
+        |(method, path, organization)| {
+            let mut request = Request::builder().method(method.clone()).uri(path.as_str());
+            if let Some(value) = &organization {
+                request = request.header("x-organization-id", value.as_slice());
+            }
+            let answer = runtime.block_on(send(&service, request.body(()).expect("valid request")));
+            let gated = method != Method::GET && !path.starts_with("/public/");
+            let (status, code) = match organization_named(organization.as_deref()) {
+                None => (StatusCode::UNAUTHORIZED, Some("organization_missing")),
+                Some("org_pro") => (StatusCode::OK, None),
+                Some(_) if gated => (StatusCode::FORBIDDEN, Some("subscription_required")),
+                Some(_) => (StatusCode::OK, None),
+            };
+            prop_assert_eq!(answer.status, status, "{:?}", answer.body);
+            match code {
+                Some(code) => {
+                    prop_assert_eq!(answer.body["code"].as_str(), Some(code));
+                    prop_assert_eq!(
+                        &answer.headers[header::CONTENT_TYPE],
+                        "application/problem+json"
+                    );
+                    prop_assert_eq!(&answer.headers[header::CACHE_CONTROL], "no-store");
+                }
+                None => {
+                    let entitled = organization_named(organization.as_deref()) == Some("org_pro");
+                    prop_assert_eq!(answer.body["entitled"].as_bool(), Some(entitled));
+                }
+            }
+            Ok(())
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------
