@@ -35,6 +35,14 @@ fn no_flags_give_the_documented_defaults() {
         (config.rate_burst.get(), config.rate_per_second.get()),
         (100, 10)
     );
+    assert_eq!(
+        (
+            config.max_connections,
+            config.header_timeout,
+            config.request_timeout
+        ),
+        (1024, 10 * SECOND, 30 * SECOND)
+    );
 }
 
 #[test]
@@ -136,7 +144,13 @@ fn help_flag_asks_for_usage_wherever_it_is() {
 
 #[test]
 fn malformed_command_lines_are_errors_naming_the_problem() {
-    let cases: [(&[&str], &str); 23] = [
+    let cases: [(&[&str], &str); 26] = [
+        (&["--max-connections", "0"], "--max-connections"),
+        (
+            &["--header-timeout", "0s"],
+            "--header-timeout must be longer than zero",
+        ),
+        (&["--request-timeout", "soon"], "--request-timeout"),
         (&["--rate-burst", "0"], "--rate-burst"),
         (&["--rate-burst=-3"], "--rate-burst"),
         (&["--rate-per-second", "ten"], "--rate-per-second"),
@@ -409,6 +423,9 @@ async fn binary_prints_usage_on_help_and_exits_0() {
         "--cors-origin",
         "--rate-burst",
         "--rate-per-second",
+        "--max-connections",
+        "--header-timeout",
+        "--request-timeout",
     ] {
         assert!(stdout.contains(flag), "usage mentions {flag}: {stdout}");
     }

@@ -31,6 +31,7 @@ use super::cli::Config;
 use super::grpc;
 use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS, MAX_WEBHOOK_BODY_BYTES};
 use super::limits::Limits;
+use super::problem::ApiError;
 use super::routes::{billing, method_not_allowed, operator, route_not_found, visitor};
 use super::storage::AppStore;
 
@@ -295,9 +296,28 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         .method_not_allowed_fallback(method_not_allowed)
         .merge(visitor_routes)
         .fallback(route_not_found)
+        // A request that takes too long (a body trickled in, a stuck
+        // store) is answered 408 and its work dropped.
+        .layer(axum::middleware::from_fn_with_state(
+            config.request_timeout,
+            request_timeout,
+        ))
         // Outermost: every request, answered by any route or layer.
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state))
+}
+
+/// 408 `request_timeout` when the rest of the stack takes longer than
+/// `limit` (`--request-timeout`).
+async fn request_timeout(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::request_timeout(limit)),
+    }
 }
 
 /// One line per request on stderr: method, path (never the query, which

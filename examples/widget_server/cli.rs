@@ -49,6 +49,12 @@ Flags (`--flag value` or `--flag=value`):
                                organization; beyond it 429 rate_limited
                                [default: 100]
   --rate-per-second N          how fast that allowance refills [default: 10]
+  --max-connections N          connections served at once; more are closed
+                               when accepted [default: 1024]
+  --header-timeout DURATION    how long a request's headers may take to
+                               arrive (slow clients are cut off) [default: 10s]
+  --request-timeout DURATION   how long a request may take, body included;
+                               beyond it 408 request_timeout [default: 30s]
   -h, --help                   print this help and exit
 
 Durations use humantime syntax: 500ms, 10s, 4h, 30d.
@@ -213,6 +219,12 @@ pub struct Config {
     pub rate_burst: NonZeroU32,
     /// How fast a client's allowance refills, per second.
     pub rate_per_second: NonZeroU32,
+    /// Connections served at once; more are closed when accepted.
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive.
+    pub header_timeout: Duration,
+    /// How long a request may take, body included (408 beyond).
+    pub request_timeout: Duration,
 }
 
 /// A secret a billing webhook's signature is keyed with. `Debug` never
@@ -255,6 +267,9 @@ impl Default for Config {
             cors_origins: Vec::new(),
             rate_burst: NonZeroU32::new(100).expect("not zero"),
             rate_per_second: NonZeroU32::new(10).expect("not zero"),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -336,6 +351,11 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, 
                 config.stripe_webhook_secrets.push(WebhookSecret(secret));
             }
             "--rate-burst" => config.rate_burst = parse_positive(&flag, &value()?)?,
+            "--max-connections" => {
+                config.max_connections = parse_positive(&flag, &value()?)?.get() as usize;
+            }
+            "--header-timeout" => config.header_timeout = parse_timeout(&flag, &value()?)?,
+            "--request-timeout" => config.request_timeout = parse_timeout(&flag, &value()?)?,
             "--rate-per-second" => config.rate_per_second = parse_positive(&flag, &value()?)?,
             "--cors-origin" => {
                 let origin = value()?;
@@ -374,6 +394,14 @@ fn parse_origin(text: &str) -> Result<HeaderValue, String> {
         return Err(invalid());
     }
     HeaderValue::from_str(text).map_err(|_| invalid())
+}
+
+fn parse_timeout(flag: &str, text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(flag, text)?;
+    if duration.is_zero() {
+        return Err(format!("{flag} must be longer than zero"));
+    }
+    Ok(duration)
 }
 
 fn parse_positive(flag: &str, text: &str) -> Result<NonZeroU32, String> {

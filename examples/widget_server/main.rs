@@ -201,6 +201,7 @@ mod limits;
 mod pagination;
 mod problem;
 mod routes;
+mod serve;
 mod storage;
 
 use std::io::Write;
@@ -254,19 +255,15 @@ async fn main() -> ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match axum::serve(
+    serve::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app,
+        config.max_connections,
+        config.header_timeout,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
-    .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("widget_server: server failed: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    .await;
+    ExitCode::SUCCESS
 }
 
 /// Invalid flags: a message on stderr and exit status 2.

@@ -82,6 +82,20 @@ impl ApiError {
         }
     }
 
+    /// The request took longer than `limit` (`--request-timeout`).
+    pub(crate) fn request_timeout(limit: std::time::Duration) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "request_timeout",
+            title: "Request timeout",
+            detail: format!(
+                "The request took longer than {}; send it again.",
+                humantime::format_duration(limit)
+            ),
+            retry_after: None,
+        }
+    }
+
     /// The application's own store (conversations, files, settings) failed.
     pub(crate) fn app_store(error: StoreError) -> Self {
         Self::store_unavailable("application", &error)

@@ -1,0 +1,121 @@
+//! Connection-level limits of the reference server, against the built
+//! binary over real sockets: a client trickling its headers is cut off
+//! after `--header-timeout`, a body that never finishes is answered 408
+//! after `--request-timeout`, and connections past `--max-connections`
+//! are closed as soon as they are accepted.
+#![cfg(all(
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis",
+    feature = "tonic"
+))]
+
+mod e2e_support;
+
+use e2e_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection (or `limit` passes):
+/// what it sent, and whether it closed.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => received.extend_from_slice(&buffer[..read]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&received).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    let (running, _) = spawn_binary(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--header-timeout",
+        "1s",
+    ])
+    .await;
+    let mut stream = TcpStream::connect(running.addr).await.expect("connects");
+    stream
+        .write_all(b"GET /contact-sessions/current HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .expect("writes");
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "the connection is still open after 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_is_answered_408() {
+    let (running, _) = spawn_binary(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--request-timeout",
+        "1s",
+    ])
+    .await;
+    let mut stream = TcpStream::connect(running.addr).await.expect("connects");
+    stream
+        .write_all(
+            b"POST /contact-sessions HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":",
+        )
+        .await
+        .expect("writes");
+    let (received, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(received.starts_with("HTTP/1.1 408"), "{received:?}");
+    assert!(received.contains("request_timeout"), "{received:?}");
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let (running, _) = spawn_binary(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--max-connections",
+        "2",
+    ])
+    .await;
+    let api = Api::new(running.addr);
+    // Two idle connections hold both places.
+    let _first = TcpStream::connect(running.addr).await.expect("connects");
+    let _second = TcpStream::connect(running.addr).await.expect("connects");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(running.addr).await.expect("accepted");
+    let (_, closed) = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(closed, "a third connection is closed");
+    drop((_first, _second));
+    // Once they are gone, requests are served again.
+    let mut served = false;
+    for _ in 0..50 {
+        let request = api
+            .http
+            .get(format!("{}/contact-sessions/current", api.base));
+        if let Ok(response) = request.send().await {
+            assert_eq!(response.status(), 401);
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the server serves again once connections close");
+}
