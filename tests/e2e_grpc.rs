@@ -512,3 +512,33 @@ async fn the_binary_serves_grpc_and_http_on_one_listener() {
     assert_eq!((status.as_str(), roles.len()), ("unresolved", 1));
     running.stop().await;
 }
+
+#[tokio::test]
+async fn writes_past_the_rate_limit_are_resource_exhausted() {
+    let server = serve(&["--rate-burst", "3", "--rate-per-second", "1"]).await;
+    let mut client = server.api.grpc().await;
+    let token = server.api.start_session().await;
+    let conversation = client
+        .create_conversation(with_session(pb::CreateConversationRequest {}, &token))
+        .await
+        .expect("a valid session")
+        .into_inner()
+        .conversation_id;
+    for round in 0..2 {
+        let sent = client
+            .send_message(with_session(message(&conversation, "hello"), &token))
+            .await;
+        assert!(sent.is_ok(), "round {round}: {sent:?}");
+    }
+    // The session's bucket is shared with REST: both protocols are refused.
+    let refused = client
+        .send_message(with_session(message(&conversation, "hello"), &token))
+        .await;
+    let status = assert_code(refused, Code::ResourceExhausted);
+    assert!(status.message().contains("Too many requests"), "{status:?}");
+    let reply = server
+        .api
+        .send_message(&token, &conversation, "hello")
+        .await;
+    reply.assert_problem(429, "rate_limited");
+}
