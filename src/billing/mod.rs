@@ -264,8 +264,7 @@ impl BillingWebhook {
         body: &[u8],
     ) -> Result<WebhookReceipt, WebhookError> {
         let now = self.entitlements.core.clock.now();
-        self.verifier.verify_header(signature, body, now)?;
-        let event_at = signature::signed_at(signature.map_or(&[][..], HeaderValue::as_bytes))?;
+        let event_at = self.verifier.verified_at(signature, body, now)?;
         let change = SubscriptionEvent::from_json(body)?.into_change(event_at);
         let outcome = self
             .entitlements

@@ -53,16 +53,137 @@ const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 /// `webhook-signature` header and raw body. `Debug` never prints the secret.
 #[derive(Clone)]
 pub struct WebhookVerifier {
-    /// HMAC-SHA256 already keyed with the shared secret; cloned per message.
-    keyed_mac: Hmac<Sha256>,
-    /// How far `t` may be from now, in either direction.
-    tolerance: Duration,
-    /// How many `,`-separated entries a header may carry.
-    max_entries: usize,
+    signatures: Signatures,
 }
 
 /// How many `,`-separated entries a header may have unless configured.
-pub(super) const DEFAULT_MAX_ENTRIES: usize = 16;
+const DEFAULT_MAX_ENTRIES: usize = 16;
+
+/// The `t=…,v1=…` scheme both verifiers check ([`WebhookVerifier`] with one
+/// secret, Stripe's with several): keys, tolerance, entry cap.
+#[derive(Clone)]
+pub(super) struct Signatures {
+    /// One HMAC-SHA256 per secret, already keyed; cloned per message.
+    keyed_macs: std::sync::Arc<[Hmac<Sha256>]>,
+    /// How far `t` may be from now, in either direction.
+    pub(super) tolerance: Duration,
+    /// How many `,`-separated entries a header may carry.
+    pub(super) max_entries: usize,
+}
+
+impl Signatures {
+    /// The scheme over `secrets`: [`ConfigError::EmptyWebhookSecret`](crate::ConfigError::EmptyWebhookSecret)
+    /// for an empty one, [`ConfigError::NoWebhookSecret`](crate::ConfigError::NoWebhookSecret)
+    /// for none.
+    pub(super) fn try_new<S: Into<Vec<u8>>>(
+        secrets: impl IntoIterator<Item = S>,
+    ) -> Result<Self, crate::ConfigError> {
+        let keyed_macs = secrets
+            .into_iter()
+            .map(|secret| {
+                let secret = secret.into();
+                if secret.is_empty() {
+                    return Err(crate::ConfigError::EmptyWebhookSecret);
+                }
+                Ok(Hmac::new_from_slice(&secret).expect("HMAC accepts keys of any length"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if keyed_macs.is_empty() {
+            return Err(crate::ConfigError::NoWebhookSecret);
+        }
+        Ok(Self {
+            keyed_macs: keyed_macs.into(),
+            tolerance: DEFAULT_TOLERANCE,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        })
+    }
+
+    /// How many secrets are active.
+    pub(super) fn secrets(&self) -> usize {
+        self.keyed_macs.len()
+    }
+
+    /// Checks `header` against the raw `body` at `now`; returns the signed
+    /// `t` (whole seconds). Errors, in the order checked:
+    /// [`SignatureError::TooManyEntries`], [`SignatureError::Malformed`] (no
+    /// single `t` of decimal digits, or no `v1` entry that is hex),
+    /// [`SignatureError::Mismatch`], [`SignatureError::OutsideTolerance`].
+    /// Every `v1` entry is compared with every secret, each comparison in
+    /// constant time, with no early exit.
+    pub(super) fn verify(
+        &self,
+        header: &[u8],
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<SystemTime, SignatureError> {
+        if header
+            .split(|&byte| byte == b',')
+            .nth(self.max_entries)
+            .is_some()
+        {
+            return Err(SignatureError::TooManyEntries);
+        }
+        let (timestamp_digits, timestamp) = signed_timestamp(header)?;
+        let expected: Vec<Hmac<Sha256>> = self
+            .keyed_macs
+            .iter()
+            .map(|keyed| mac_for(keyed, timestamp_digits, body))
+            .collect();
+        let mut any_hex = false;
+        let mut matched = false;
+        for value in entries(header).filter_map(|(key, value)| (key == b"v1").then_some(value)) {
+            let Some(tag) = crate::decode_hex(value) else {
+                continue;
+            };
+            any_hex = true;
+            for mac in &expected {
+                // `verify_slice` compares in constant time (and refuses a
+                // wrong length); `|` so every secret is tried.
+                matched |= mac.clone().verify_slice(&tag).is_ok();
+            }
+        }
+        if !any_hex {
+            return Err(SignatureError::Malformed);
+        }
+        if !matched {
+            return Err(SignatureError::Mismatch);
+        }
+        if !within_tolerance(timestamp, now, self.tolerance) {
+            return Err(SignatureError::OutsideTolerance);
+        }
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(timestamp))
+            .ok_or(SignatureError::Malformed)
+    }
+
+    /// `t=<seconds>,v1=<hex>` with one `v1` per secret, in order;
+    /// `timestamp` truncated to whole seconds (`t=0` before the epoch).
+    pub(super) fn sign(&self, body: &[u8], timestamp: SystemTime) -> String {
+        let seconds = timestamp
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since_epoch| since_epoch.as_secs())
+            .to_string();
+        let mut header = format!("t={seconds}");
+        for keyed in self.keyed_macs.iter() {
+            let tag = mac_for(keyed, seconds.as_bytes(), body)
+                .finalize()
+                .into_bytes();
+            header.push_str(",v1=");
+            header.push_str(&lower_hex(&tag));
+        }
+        header
+    }
+}
+
+/// The MAC of `"<timestamp_digits>.<body>"` under `keyed`, ready to
+/// finalize or verify.
+fn mac_for(keyed: &Hmac<Sha256>, timestamp_digits: &[u8], body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = keyed.clone();
+    mac.update(timestamp_digits);
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
 
 impl WebhookVerifier {
     /// A verifier for webhooks signed with `secret`, accepting a `t` up to
@@ -79,14 +200,8 @@ impl WebhookVerifier {
     /// A verifier for webhooks signed with `secret`, or
     /// [`ConfigError::EmptyWebhookSecret`](crate::ConfigError::EmptyWebhookSecret).
     pub fn try_new(secret: impl Into<Vec<u8>>) -> Result<Self, crate::ConfigError> {
-        let secret = secret.into();
-        if secret.is_empty() {
-            return Err(crate::ConfigError::EmptyWebhookSecret);
-        }
         Ok(Self {
-            keyed_mac: Hmac::new_from_slice(&secret).expect("HMAC accepts keys of any length"),
-            tolerance: DEFAULT_TOLERANCE,
-            max_entries: DEFAULT_MAX_ENTRIES,
+            signatures: Signatures::try_new([secret])?,
         })
     }
 
@@ -96,7 +211,7 @@ impl WebhookVerifier {
     /// The bound is inclusive: a `t` exactly `tolerance` away is accepted.
     #[must_use]
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = tolerance;
+        self.signatures.tolerance = tolerance;
         self
     }
 
@@ -105,7 +220,7 @@ impl WebhookVerifier {
     /// ([`SignatureError::TooManyEntries`]) before any MAC is computed.
     #[must_use]
     pub fn max_entries(mut self, max_entries: usize) -> Self {
-        self.max_entries = max_entries.max(2);
+        self.signatures.max_entries = max_entries.max(2);
         self
     }
 
@@ -127,39 +242,19 @@ impl WebhookVerifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), SignatureError> {
-        if header
-            .split(|&byte| byte == b',')
-            .nth(self.max_entries)
-            .is_some()
-        {
-            return Err(SignatureError::TooManyEntries);
-        }
-        let (timestamp_digits, timestamp) = signed_timestamp(header)?;
-        let expected = self.mac_for(timestamp_digits, body);
+        self.signatures.verify(header, body, now).map(drop)
+    }
 
-        let mut any_hex = false;
-        let mut matched = false;
-        for value in entries(header).filter_map(|(key, value)| (key == b"v1").then_some(value)) {
-            let Some(tag) = crate::decode_hex(value) else {
-                continue;
-            };
-            any_hex = true;
-            // `verify_slice` compares in constant time (and refuses a wrong length).
-            if expected.clone().verify_slice(&tag).is_ok() {
-                matched = true;
-                break;
-            }
-        }
-        if !any_hex {
-            return Err(SignatureError::Malformed);
-        }
-        if !matched {
-            return Err(SignatureError::Mismatch);
-        }
-        if !self.within_tolerance(timestamp, now) {
-            return Err(SignatureError::OutsideTolerance);
-        }
-        Ok(())
+    /// [`verify_header`](Self::verify_header), returning the signed `t`
+    /// (the time the change was made, for ordering changes).
+    pub(crate) fn verified_at(
+        &self,
+        header: Option<&http::HeaderValue>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<SystemTime, SignatureError> {
+        let header = header.ok_or(SignatureError::Missing)?;
+        self.signatures.verify(header.as_bytes(), body, now)
     }
 
     /// Checks an optional `webhook-signature` header against `body` at `now`;
@@ -182,29 +277,14 @@ impl WebhookVerifier {
     /// is signed as `t=0`. The hex is lowercase, with a single `v1` entry.
     #[must_use]
     pub fn sign(&self, body: &[u8], timestamp: SystemTime) -> String {
-        let seconds = timestamp
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since_epoch| since_epoch.as_secs())
-            .to_string();
-        let tag = self
-            .mac_for(seconds.as_bytes(), body)
-            .finalize()
-            .into_bytes();
-        format!("t={seconds},v1={}", lower_hex(&tag))
+        self.signatures.sign(body, timestamp)
     }
 
-    /// The MAC of `"<timestamp_digits>.<body>"`, ready to finalize or verify.
+    /// The MAC of `"<timestamp_digits>.<body>"` (for the tests' `t` values
+    /// that `sign` cannot produce).
+    #[cfg(test)]
     fn mac_for(&self, timestamp_digits: &[u8], body: &[u8]) -> Hmac<Sha256> {
-        let mut mac = self.keyed_mac.clone();
-        mac.update(timestamp_digits);
-        mac.update(b".");
-        mac.update(body);
-        mac
-    }
-
-    /// Whether `timestamp` (Unix seconds) is at most `tolerance` from `now`.
-    fn within_tolerance(&self, timestamp: u64, now: SystemTime) -> bool {
-        within_tolerance(timestamp, now, self.tolerance)
+        mac_for(&self.signatures.keyed_macs[0], timestamp_digits, body)
     }
 }
 
@@ -212,15 +292,15 @@ impl fmt::Debug for WebhookVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookVerifier")
             .field("secret", &"[redacted]")
-            .field("tolerance", &self.tolerance)
-            .field("max_entries", &self.max_entries)
+            .field("tolerance", &self.signatures.tolerance)
+            .field("max_entries", &self.signatures.max_entries)
             .finish()
     }
 }
 
 /// Whether `timestamp` (Unix seconds) is at most `tolerance` from `now`,
 /// in either direction.
-pub(super) fn within_tolerance(timestamp: u64, now: SystemTime, tolerance: Duration) -> bool {
+fn within_tolerance(timestamp: u64, now: SystemTime, tolerance: Duration) -> bool {
     // Nanoseconds as i128: |u64 seconds × 10⁹| < 2⁹⁴, so nothing overflows,
     // whatever `t` a client sends and even for a `now` before the epoch.
     fn nanos(duration: Duration) -> i128 {
@@ -269,7 +349,7 @@ pub enum SignatureError {
 }
 
 /// `bytes` as lowercase hex.
-pub(super) fn lower_hex(bytes: &[u8]) -> String {
+fn lower_hex(bytes: &[u8]) -> String {
     const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(2 * bytes.len());
     for &byte in bytes {
@@ -281,7 +361,7 @@ pub(super) fn lower_hex(bytes: &[u8]) -> String {
 
 /// The `key=value` entries of a signature header, with surrounding ASCII
 /// whitespace trimmed; entries without `=` are skipped.
-pub(super) fn entries(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+fn entries(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     header.split(|&byte| byte == b',').filter_map(|entry| {
         let equals = entry.iter().position(|&byte| byte == b'=')?;
         let (key, value) = entry.split_at(equals);
@@ -290,16 +370,7 @@ pub(super) fn entries(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// The one `t` entry: its digits as sent and their value in Unix seconds.
-/// The `t` of a signature header (whole seconds), for a header that
-/// [`WebhookVerifier::verify`] accepted.
-pub(crate) fn signed_at(header: &[u8]) -> Result<SystemTime, SignatureError> {
-    let (_, seconds) = signed_timestamp(header)?;
-    UNIX_EPOCH
-        .checked_add(Duration::from_secs(seconds))
-        .ok_or(SignatureError::Malformed)
-}
-
-pub(super) fn signed_timestamp(header: &[u8]) -> Result<(&[u8], u64), SignatureError> {
+fn signed_timestamp(header: &[u8]) -> Result<(&[u8], u64), SignatureError> {
     let mut timestamps = entries(header).filter_map(|(key, value)| (key == b"t").then_some(value));
     let digits = timestamps.next().ok_or(SignatureError::Malformed)?;
     if timestamps.next().is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {

@@ -84,14 +84,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use hmac::{Hmac, Mac};
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
-use sha2::Sha256;
 
-use super::signature::{
-    entries, lower_hex, signed_timestamp, within_tolerance, DEFAULT_MAX_ENTRIES,
-};
+use super::signature::Signatures;
 use super::{PayloadError, SignatureError, WebhookError, WebhookReceipt, MAX_ID_CHARS};
 use crate::error::StoreError;
 use crate::subscription::{Entitlements, Subscription, SubscriptionChange, SubscriptionStatus};
@@ -99,10 +95,6 @@ use crate::ConfigError;
 
 /// The header Stripe signs its webhooks in.
 pub const STRIPE_SIGNATURE: HeaderName = HeaderName::from_static("stripe-signature");
-
-/// How far `t` may be from now, in either direction, unless configured
-/// (Stripe's libraries use the same default).
-const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// The metadata key the organization is read from unless configured.
 const DEFAULT_METADATA_KEY: &str = "organization_id";
@@ -124,10 +116,7 @@ const DEFAULT_METADATA_KEY: &str = "organization_id";
 /// `Debug` never prints the secrets.
 #[derive(Clone)]
 pub struct StripeVerifier {
-    /// One HMAC-SHA256 per secret, already keyed; cloned per message.
-    keyed_macs: Arc<[Hmac<Sha256>]>,
-    tolerance: Duration,
-    max_entries: usize,
+    signatures: Signatures,
 }
 
 impl StripeVerifier {
@@ -140,23 +129,8 @@ impl StripeVerifier {
         I: IntoIterator<Item = S>,
         S: Into<Vec<u8>>,
     {
-        let keyed_macs = secrets
-            .into_iter()
-            .map(|secret| {
-                let secret = secret.into();
-                if secret.is_empty() {
-                    return Err(ConfigError::EmptyWebhookSecret);
-                }
-                Ok(Hmac::new_from_slice(&secret).expect("HMAC accepts keys of any length"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if keyed_macs.is_empty() {
-            return Err(ConfigError::NoWebhookSecret);
-        }
         Ok(Self {
-            keyed_macs: keyed_macs.into(),
-            tolerance: DEFAULT_TOLERANCE,
-            max_entries: DEFAULT_MAX_ENTRIES,
+            signatures: Signatures::try_new(secrets)?,
         })
     }
 
@@ -164,7 +138,7 @@ impl StripeVerifier {
     /// default 5 minutes).
     #[must_use]
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = tolerance;
+        self.signatures.tolerance = tolerance;
         self
     }
 
@@ -172,7 +146,7 @@ impl StripeVerifier {
     /// 16; at least 2, a `t` and a `v1`).
     #[must_use]
     pub fn max_entries(mut self, max_entries: usize) -> Self {
-        self.max_entries = max_entries.max(2);
+        self.signatures.max_entries = max_entries.max(2);
         self
     }
 
@@ -189,47 +163,7 @@ impl StripeVerifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<SystemTime, SignatureError> {
-        if header.split(|&byte| byte == b',').count() > self.max_entries {
-            return Err(SignatureError::TooManyEntries);
-        }
-        let (timestamp_digits, timestamp) = signed_timestamp(header)?;
-        let expected: Vec<Hmac<Sha256>> = self
-            .keyed_macs
-            .iter()
-            .map(|keyed| {
-                let mut mac = keyed.clone();
-                mac.update(timestamp_digits);
-                mac.update(b".");
-                mac.update(body);
-                mac
-            })
-            .collect();
-
-        let mut any_hex = false;
-        let mut matched = false;
-        for value in entries(header).filter_map(|(key, value)| (key == b"v1").then_some(value)) {
-            let Some(tag) = crate::decode_hex(value) else {
-                continue;
-            };
-            any_hex = true;
-            for mac in &expected {
-                // `verify_slice` compares in constant time; `|` (not `||`)
-                // so every secret is tried whatever matched before.
-                matched |= mac.clone().verify_slice(&tag).is_ok();
-            }
-        }
-        if !any_hex {
-            return Err(SignatureError::Malformed);
-        }
-        if !matched {
-            return Err(SignatureError::Mismatch);
-        }
-        if !within_tolerance(timestamp, now, self.tolerance) {
-            return Err(SignatureError::OutsideTolerance);
-        }
-        UNIX_EPOCH
-            .checked_add(Duration::from_secs(timestamp))
-            .ok_or(SignatureError::Malformed)
+        self.signatures.verify(header, body, now)
     }
 
     /// Checks an optional `Stripe-Signature` header; an absent one is
@@ -248,20 +182,7 @@ impl StripeVerifier {
     /// `t=<seconds>,v1=<hex>` with one `v1` per secret, in the order given.
     #[must_use]
     pub fn sign(&self, body: &[u8], timestamp: SystemTime) -> String {
-        let seconds = timestamp
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since_epoch| since_epoch.as_secs())
-            .to_string();
-        let mut header = format!("t={seconds}");
-        for keyed in self.keyed_macs.iter() {
-            let mut mac = keyed.clone();
-            mac.update(seconds.as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            header.push_str(",v1=");
-            header.push_str(&lower_hex(&mac.finalize().into_bytes()));
-        }
-        header
+        self.signatures.sign(body, timestamp)
     }
 }
 
@@ -270,10 +191,10 @@ impl fmt::Debug for StripeVerifier {
         f.debug_struct("StripeVerifier")
             .field(
                 "secrets",
-                &format_args!("[{} redacted]", self.keyed_macs.len()),
+                &format_args!("[{} redacted]", self.signatures.secrets()),
             )
-            .field("tolerance", &self.tolerance)
-            .field("max_entries", &self.max_entries)
+            .field("tolerance", &self.signatures.tolerance)
+            .field("max_entries", &self.signatures.max_entries)
             .finish()
     }
 }
