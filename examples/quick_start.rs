@@ -13,7 +13,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_saas_guard::billing::{BillingWebhook, WebhookVerifier};
-use tower_saas_guard::session::{MemorySessionStore, Session, SessionHandle, SessionRefreshLayer};
+use tower_saas_guard::session::{
+    MemorySessionStore, Session, SessionEnded, SessionHandle, SessionRefreshLayer,
+};
 use tower_saas_guard::subscription::{
     Entitlement, EntitlementLayer, EntitlementPolicy, Entitlements, FromHeader,
     MemorySubscriptionStore, RequireSubscriptionLayer,
@@ -54,10 +56,14 @@ async fn list_messages(session: Session) -> String {
 }
 
 /// Logout: revoke the session the layer validated.
-async fn logout(State(sessions): State<SessionHandle>, session: Session) -> StatusCode {
-    match sessions.revoke_id(&session.id()).await {
-        Ok(_) => StatusCode::NO_CONTENT,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+async fn logout(
+    State(sessions): State<SessionHandle>,
+    session: Session,
+) -> Result<(SessionEnded, StatusCode), StatusCode> {
+    // `SessionEnded` keeps the layer from announcing an expiry.
+    match sessions.logout(&session).await {
+        Ok((_, ended)) => Ok((ended, StatusCode::NO_CONTENT)),
+        Err(_) => Err(StatusCode::SERVICE_UNAVAILABLE),
     }
 }
 
