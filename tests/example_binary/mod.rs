@@ -24,6 +24,8 @@ fn enabled_features() -> Vec<&'static str> {
         ("postgres", cfg!(feature = "postgres")),
         ("redis", cfg!(feature = "redis")),
         ("test-kit", cfg!(feature = "test-kit")),
+        ("tonic", cfg!(feature = "tonic")),
+        ("metrics", cfg!(feature = "metrics")),
     ]
     .into_iter()
     .filter_map(|(feature, enabled)| enabled.then_some(feature))
