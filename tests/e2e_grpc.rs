@@ -542,3 +542,29 @@ async fn writes_past_the_rate_limit_are_resource_exhausted() {
         .await;
     reply.assert_problem(429, "rate_limited");
 }
+
+#[tokio::test]
+async fn a_conversation_at_its_message_cap_is_resource_exhausted() {
+    let server = serve(&["--max-messages-per-conversation", "2"]).await;
+    let mut client = server.api.grpc().await;
+    let token = server.api.start_session().await;
+    let conversation = client
+        .create_conversation(with_session(pb::CreateConversationRequest {}, &token))
+        .await
+        .expect("a valid session")
+        .into_inner()
+        .conversation_id;
+    // The greeting and one message fill it (a free plan: no AI reply).
+    let sent = client
+        .send_message(with_session(message(&conversation, "hello"), &token))
+        .await;
+    assert!(sent.is_ok(), "{sent:?}");
+    let refused = client
+        .send_message(with_session(message(&conversation, "again"), &token))
+        .await;
+    let status = assert_code(refused, Code::ResourceExhausted);
+    assert!(
+        status.message().contains("limit of 2 messages"),
+        "{status:?}"
+    );
+}

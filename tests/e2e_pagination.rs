@@ -143,8 +143,15 @@ async fn every_listing_pages_oldest_first_until_next_cursor_is_null() {
 
 #[tokio::test]
 async fn limit_defaults_to_50_and_may_be_at_most_200() {
-    // 201 conversations from one session: past the default write burst.
-    let server = serve(&["--rate-burst", "1000"]).await;
+    // 201 conversations from one session: past the default write burst and
+    // the default cap of conversations per session.
+    let server = serve(&[
+        "--rate-burst",
+        "1000",
+        "--max-conversations-per-session",
+        "1000",
+    ])
+    .await;
     let api = &server.api;
     let token = api.start_session().await;
     for _ in 0..201 {

@@ -33,7 +33,7 @@ use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS, MAX_WEBHOOK_BODY_BYTES};
 use super::limits::Limits;
 use super::problem::ApiError;
 use super::routes::{billing, method_not_allowed, operator, route_not_found, visitor};
-use super::storage::AppStore;
+use super::storage::{AppStore, Caps};
 
 /// The greeting a new conversation starts with while its organization has
 /// not set one (`PUT /operator/widget-settings`).
@@ -185,6 +185,11 @@ pub async fn build_app(config: &Config, clock: impl Clock) -> Result<Router, Sta
         billing,
         stripe,
         limits: Limits::start(config.rate_burst, config.rate_per_second),
+        caps: Caps {
+            conversations_per_session: config.max_conversations_per_session.get(),
+            messages_per_conversation: config.max_messages_per_conversation.get(),
+            files_per_organization: config.max_files_per_organization.get(),
+        },
         _purge: Arc::new([purge, purge_event_ids]),
     };
 
@@ -414,6 +419,8 @@ pub(crate) struct AppState {
     pub(crate) stripe: Option<StripeWebhook>,
     /// The rate limits of session creation and of writes.
     pub(crate) limits: Arc<Limits>,
+    /// The caps of counts a client could otherwise grow without end.
+    pub(crate) caps: Caps,
     /// Purge expired sessions and old billing event ids for as long as the
     /// router lives.
     _purge: Arc<[PurgeTask; 2]>,

@@ -49,6 +49,14 @@ Flags (`--flag value` or `--flag=value`):
                                organization; beyond it 429 rate_limited
                                [default: 100]
   --rate-per-second N          how fast that allowance refills [default: 10]
+  --max-conversations-per-session N
+                               conversations one session may start; beyond
+                               it 409 limit_reached [default: 100]
+  --max-messages-per-conversation N
+                               messages one conversation may hold (greeting
+                               and replies included) [default: 1000]
+  --max-files-per-organization N
+                               files one organization may keep [default: 1000]
   --max-connections N          connections served at once; more are closed
                                when accepted [default: 1024]
   --header-timeout DURATION    how long a request's headers may take to
@@ -219,6 +227,12 @@ pub struct Config {
     pub rate_burst: NonZeroU32,
     /// How fast a client's allowance refills, per second.
     pub rate_per_second: NonZeroU32,
+    /// Conversations one session may start (409 `limit_reached` beyond).
+    pub max_conversations_per_session: NonZeroU32,
+    /// Messages one conversation may hold, greeting and replies included.
+    pub max_messages_per_conversation: NonZeroU32,
+    /// Files one organization may keep.
+    pub max_files_per_organization: NonZeroU32,
     /// Connections served at once; more are closed when accepted.
     pub max_connections: usize,
     /// How long a request's headers may take to arrive.
@@ -267,6 +281,9 @@ impl Default for Config {
             cors_origins: Vec::new(),
             rate_burst: NonZeroU32::new(100).expect("not zero"),
             rate_per_second: NonZeroU32::new(10).expect("not zero"),
+            max_conversations_per_session: NonZeroU32::new(100).expect("not zero"),
+            max_messages_per_conversation: NonZeroU32::new(1000).expect("not zero"),
+            max_files_per_organization: NonZeroU32::new(1000).expect("not zero"),
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -357,6 +374,15 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, 
             "--header-timeout" => config.header_timeout = parse_timeout(&flag, &value()?)?,
             "--request-timeout" => config.request_timeout = parse_timeout(&flag, &value()?)?,
             "--rate-per-second" => config.rate_per_second = parse_positive(&flag, &value()?)?,
+            "--max-conversations-per-session" => {
+                config.max_conversations_per_session = parse_positive(&flag, &value()?)?;
+            }
+            "--max-messages-per-conversation" => {
+                config.max_messages_per_conversation = parse_positive(&flag, &value()?)?;
+            }
+            "--max-files-per-organization" => {
+                config.max_files_per_organization = parse_positive(&flag, &value()?)?;
+            }
             "--cors-origin" => {
                 let origin = value()?;
                 if origin == "*" {

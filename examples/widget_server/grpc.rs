@@ -139,7 +139,7 @@ impl From<ApiError> for Status {
             StatusCode::NOT_FOUND => tonic::Code::NotFound,
             StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
             StatusCode::FORBIDDEN => tonic::Code::PermissionDenied,
-            StatusCode::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::CONFLICT => tonic::Code::ResourceExhausted,
             StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
         };

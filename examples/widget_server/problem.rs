@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use tower_saas_guard::billing::WebhookError;
 use tower_saas_guard::{problem_json, ErrorCode, StoreError};
 
+use super::storage::WriteError;
+
 /// An error answer: RFC 9457 problem+json with a `code`, like the library's
 /// own rejections.
 #[derive(Debug)]
@@ -99,6 +101,21 @@ impl ApiError {
     /// The application's own store (conversations, files, settings) failed.
     pub(crate) fn app_store(error: StoreError) -> Self {
         Self::store_unavailable("application", &error)
+    }
+
+    /// A capped write: 409 `limit_reached` when the count is at its cap
+    /// (retrying will not help; nothing was saved), or the store's failure.
+    pub(crate) fn app_write(error: WriteError) -> Self {
+        match error {
+            WriteError::Full(limit) => Self {
+                status: StatusCode::CONFLICT,
+                code: "limit_reached",
+                title: "Limit reached",
+                detail: limit.detail(),
+                retry_after: None,
+            },
+            WriteError::Store(error) => Self::app_store(error),
+        }
     }
 
     /// The route's webhook has no secret: `flag` names the one to set.

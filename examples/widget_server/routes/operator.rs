@@ -70,9 +70,14 @@ pub(crate) async fn operator_reply(
     let message = new_message(Role::Operator, body.content, state.now())?;
     let status = state
         .store
-        .add_operator_message(entitlement.organization_id(), &id, &message)
+        .add_operator_message(
+            entitlement.organization_id(),
+            &id,
+            &message,
+            state.caps.messages_per_conversation,
+        )
         .await
-        .map_err(ApiError::app_store)?
+        .map_err(ApiError::app_write)?
         .ok_or_else(|| ApiError::not_found(format!("No conversation `{id}`.")))?;
     Ok((
         StatusCode::CREATED,
@@ -156,9 +161,9 @@ pub(crate) async fn upload_file(
     };
     state
         .store
-        .create_file(&file)
+        .create_file(&file, state.caps.files_per_organization)
         .await
-        .map_err(ApiError::app_store)?;
+        .map_err(ApiError::app_write)?;
     Ok((StatusCode::CREATED, Json(file.summary().to_json())))
 }
 

@@ -152,9 +152,13 @@ pub(crate) async fn open_conversation(
     let greeting = new_message(Role::Assistant, greeting, now)?;
     state
         .store
-        .create_conversation(&conversation, &greeting)
+        .create_conversation(
+            &conversation,
+            &greeting,
+            state.caps.conversations_per_session,
+        )
         .await
-        .map_err(ApiError::app_store)?;
+        .map_err(ApiError::app_write)?;
     Ok(conversation)
 }
 
@@ -262,9 +266,15 @@ pub(crate) async fn post_visitor_message(
     let message = new_message(Role::User, content, now)?;
     let (status, ai_replied) = state
         .store
-        .add_visitor_message(&conversation.organization_id, id, &message, reply.as_ref())
+        .add_visitor_message(
+            &conversation.organization_id,
+            id,
+            &message,
+            reply.as_ref(),
+            state.caps.messages_per_conversation,
+        )
         .await
-        .map_err(ApiError::app_store)?
+        .map_err(ApiError::app_write)?
         .ok_or_else(|| ApiError::not_found(format!("No conversation `{id}`.")))?;
     Ok(SentMessage {
         message_id: message.id,

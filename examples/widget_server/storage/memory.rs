@@ -9,9 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use tower_saas_guard::session::SessionId;
 use tower_saas_guard::StoreError;
 
-use super::{AppStore, Conversation, Listing, Message, NewFile, Page, Status, StoredFile};
+use super::{
+    fits, AppStore, Conversation, Limit, Listing, Message, NewFile, Page, Status, StoredFile,
+    WriteError,
+};
 
 /// The application's data in memory.
 #[derive(Debug, Default)]
@@ -26,6 +30,8 @@ struct Tenant {
     /// Conversations by position (creation order, from 1).
     conversations: BTreeMap<i64, Thread>,
     conversation_positions: HashMap<String, i64>,
+    /// How many conversations each session started (for the cap).
+    conversations_by_session: HashMap<SessionId, u32>,
     /// Files by position (creation order, from 1).
     files: BTreeMap<i64, NewFile>,
     file_positions: HashMap<String, i64>,
@@ -129,9 +135,18 @@ impl AppStore for MemoryAppStore {
         &self,
         conversation: &Conversation,
         first: &Message,
-    ) -> Result<(), StoreError> {
+        cap: u32,
+    ) -> Result<(), WriteError> {
         let tenant = self.tenant(&conversation.organization_id);
         let mut tenant = lock(&tenant);
+        let started = tenant
+            .conversations_by_session
+            .entry(conversation.session_id)
+            .or_default();
+        if !fits(i64::from(*started), 1, cap) {
+            return Err(WriteError::Full(Limit::ConversationsPerSession(cap)));
+        }
+        *started += 1;
         let position = tenant.next_position();
         tenant
             .conversation_positions
@@ -203,7 +218,8 @@ impl AppStore for MemoryAppStore {
         conversation_id: &str,
         message: &Message,
         ai_reply: Option<&Message>,
-    ) -> Result<Option<(Status, bool)>, StoreError> {
+        cap: u32,
+    ) -> Result<Option<(Status, bool)>, WriteError> {
         let Some(tenant) = self.existing(organization_id) else {
             return Ok(None);
         };
@@ -211,8 +227,12 @@ impl AppStore for MemoryAppStore {
         let Some(thread) = tenant.thread(conversation_id) else {
             return Ok(None);
         };
-        thread.messages.push(message.clone());
         let reply = ai_reply.filter(|_| thread.conversation.status == Status::Unresolved);
+        let adding = 1 + i64::from(reply.is_some());
+        if !fits(thread.messages.len() as i64, adding, cap) {
+            return Err(WriteError::Full(Limit::MessagesPerConversation(cap)));
+        }
+        thread.messages.push(message.clone());
         match reply {
             Some(reply) => thread.messages.push(reply.clone()),
             None => thread.conversation.status = Status::Escalated,
@@ -225,7 +245,8 @@ impl AppStore for MemoryAppStore {
         organization_id: &str,
         conversation_id: &str,
         message: &Message,
-    ) -> Result<Option<Status>, StoreError> {
+        cap: u32,
+    ) -> Result<Option<Status>, WriteError> {
         let Some(tenant) = self.existing(organization_id) else {
             return Ok(None);
         };
@@ -233,13 +254,19 @@ impl AppStore for MemoryAppStore {
         let Some(thread) = tenant.thread(conversation_id) else {
             return Ok(None);
         };
+        if !fits(thread.messages.len() as i64, 1, cap) {
+            return Err(WriteError::Full(Limit::MessagesPerConversation(cap)));
+        }
         thread.messages.push(message.clone());
         Ok(Some(thread.conversation.status))
     }
 
-    async fn create_file(&self, file: &NewFile) -> Result<(), StoreError> {
+    async fn create_file(&self, file: &NewFile, cap: u32) -> Result<(), WriteError> {
         let tenant = self.tenant(&file.organization_id);
         let mut tenant = lock(&tenant);
+        if !fits(tenant.files.len() as i64, 1, cap) {
+            return Err(WriteError::Full(Limit::FilesPerOrganization(cap)));
+        }
         let position = tenant.next_position();
         tenant.file_positions.insert(file.id.clone(), position);
         tenant.files.insert(position, file.clone());

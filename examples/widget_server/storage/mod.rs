@@ -12,6 +12,12 @@
 //! Every operation is scoped to an organization, and every listing is one
 //! page in creation order, read with the database's index (or under one
 //! organization's lock in memory): a busy tenant never stalls another.
+//!
+//! Counts a client could grow without end are capped ([`Limit`]): the
+//! conversations of one session, the messages of one conversation and the
+//! files of one organization. The check and the insert are one atomic step
+//! in every backend (the organization's lock, SQLite's write lock, a
+//! PostgreSQL row or advisory lock), so concurrent writes never overshoot.
 
 pub(crate) mod memory;
 pub(crate) mod postgres;
@@ -27,6 +33,65 @@ use tower_saas_guard::session::SessionId;
 use tower_saas_guard::{rfc3339_millis, unix_millis, StoreError};
 
 use super::pagination::{Listing, Page};
+
+/// A count that reached its cap (`--max-*` flags): the write was refused
+/// and nothing was saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// One session started this many conversations.
+    ConversationsPerSession(u32),
+    /// One conversation holds this many messages (the greeting, the
+    /// visitor's, the AI's and the operators').
+    MessagesPerConversation(u32),
+    /// One organization keeps this many files.
+    FilesPerOrganization(u32),
+}
+
+impl Limit {
+    /// A sentence for the problem's `detail`.
+    pub(crate) fn detail(self) -> String {
+        match self {
+            Self::ConversationsPerSession(cap) => {
+                format!("This session has started {cap} conversations, its limit.")
+            }
+            Self::MessagesPerConversation(cap) => {
+                format!("This conversation holds its limit of {cap} messages.")
+            }
+            Self::FilesPerOrganization(cap) => {
+                format!("This organization keeps its limit of {cap} files; delete one first.")
+            }
+        }
+    }
+}
+
+/// The caps ([`Limit`]) every capped write is given (`--max-*` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caps {
+    pub(crate) conversations_per_session: u32,
+    pub(crate) messages_per_conversation: u32,
+    pub(crate) files_per_organization: u32,
+}
+
+/// Why a capped write did not happen.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// A count is at its cap.
+    Full(Limit),
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for WriteError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// Whether `count` more items fit when `stored` are there and the cap is
+/// `cap`.
+pub(crate) fn fits(stored: i64, adding: i64, cap: u32) -> bool {
+    stored.saturating_add(adding) <= i64::from(cap)
+}
 
 /// The application's data, behind one of the backends.
 #[async_trait]
@@ -44,12 +109,14 @@ pub(crate) trait AppStore: Send + Sync + 'static {
         may_create: bool,
     ) -> Result<Option<bool>, StoreError>;
 
-    /// Saves a new conversation with its first message.
+    /// Saves a new conversation with its first message, unless its session
+    /// already started `cap` conversations.
     async fn create_conversation(
         &self,
         conversation: &Conversation,
         first: &Message,
-    ) -> Result<(), StoreError>;
+        cap: u32,
+    ) -> Result<(), WriteError>;
 
     /// The conversation `id` of `organization_id`, if there is one.
     async fn conversation(
@@ -77,26 +144,31 @@ pub(crate) trait AppStore: Send + Sync + 'static {
     /// implies: while the conversation is `unresolved`, `ai_reply` (when
     /// given) is appended after it; otherwise the conversation becomes
     /// `escalated`. Returns the status after, and whether the reply was
-    /// appended; `None` when the conversation does not exist.
+    /// appended; `None` when the conversation does not exist. Nothing
+    /// changes when what would be appended does not fit under `cap`
+    /// messages.
     async fn add_visitor_message(
         &self,
         organization_id: &str,
         conversation_id: &str,
         message: &Message,
         ai_reply: Option<&Message>,
-    ) -> Result<Option<(Status, bool)>, StoreError>;
+        cap: u32,
+    ) -> Result<Option<(Status, bool)>, WriteError>;
 
-    /// Appends an operator's `message`; the status stays as it is and is
-    /// returned. `None` when the conversation does not exist.
+    /// Appends an operator's `message` if the conversation holds fewer than
+    /// `cap`; the status stays as it is and is returned. `None` when the
+    /// conversation does not exist.
     async fn add_operator_message(
         &self,
         organization_id: &str,
         conversation_id: &str,
         message: &Message,
-    ) -> Result<Option<Status>, StoreError>;
+        cap: u32,
+    ) -> Result<Option<Status>, WriteError>;
 
-    /// Saves an uploaded file.
-    async fn create_file(&self, file: &NewFile) -> Result<(), StoreError>;
+    /// Saves an uploaded file, unless the organization keeps `cap` already.
+    async fn create_file(&self, file: &NewFile, cap: u32) -> Result<(), WriteError>;
 
     /// One page of the organization's files (without their content),
     /// oldest first.

@@ -15,8 +15,8 @@ use sqlx::Row;
 use tower_saas_guard::StoreError;
 
 use super::{
-    from_millis, session_id_from_bytes, to_millis, AppStore, Conversation, Listing, Message,
-    NewFile, Page, Status, StoredFile,
+    fits, from_millis, session_id_from_bytes, to_millis, AppStore, Conversation, Limit, Listing,
+    Message, NewFile, Page, Status, StoredFile, WriteError,
 };
 
 /// The application's tables; safe to run at every start, from several
@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS widget_conversations (
 );
 CREATE INDEX IF NOT EXISTS widget_conversations_by_organization
     ON widget_conversations (organization_id, position);
+CREATE INDEX IF NOT EXISTS widget_conversations_by_session
+    ON widget_conversations (session_id);
 
 CREATE TABLE IF NOT EXISTS widget_messages (
     position        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -186,22 +188,38 @@ impl AppStore for PostgresAppStore {
         &self,
         conversation: &Conversation,
         first: &Message,
-    ) -> Result<(), StoreError> {
+        cap: u32,
+    ) -> Result<(), WriteError> {
         let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
-        sqlx::query(
+        // One session's creations queue on an advisory lock, so the count
+        // each one reads includes the others' (read committed takes a new
+        // snapshot per statement) and the cap is never overshot.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("widget_conversations:{}", conversation.session_id))
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::backend)?;
+        let inserted = sqlx::query(
             "INSERT INTO widget_conversations \
-             (id, organization_id, session_id, status, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+             (id, organization_id, session_id, status, created_at_ms) \
+             SELECT $1, $2, $3, $4, $5 \
+             WHERE (SELECT count(*) FROM widget_conversations WHERE session_id = $3) < $6",
         )
         .bind(&conversation.id)
         .bind(&conversation.organization_id)
         .bind(conversation.session_id.as_bytes().as_slice())
         .bind(conversation.status.as_str())
         .bind(to_millis(conversation.created_at))
+        .bind(i64::from(cap))
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::backend)?;
+        if inserted.rows_affected() == 0 {
+            return Err(WriteError::Full(Limit::ConversationsPerSession(cap)));
+        }
         insert_message(&mut transaction, &conversation.id, first).await?;
-        transaction.commit().await.map_err(StoreError::backend)
+        transaction.commit().await.map_err(StoreError::backend)?;
+        Ok(())
     }
 
     async fn conversation(
@@ -268,7 +286,8 @@ impl AppStore for PostgresAppStore {
         conversation_id: &str,
         message: &Message,
         ai_reply: Option<&Message>,
-    ) -> Result<Option<(Status, bool)>, StoreError> {
+        cap: u32,
+    ) -> Result<Option<(Status, bool)>, WriteError> {
         let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
         // The write comes first, so the transaction holds the write lock
         // from its first statement: the status it reads is the one it sets.
@@ -287,8 +306,17 @@ impl AppStore for PostgresAppStore {
             return Ok(None);
         };
         let status: Status = status.parse()?;
-        insert_message(&mut transaction, conversation_id, message).await?;
         let reply = ai_reply.filter(|_| status == Status::Unresolved);
+        let adding = 1 + i64::from(reply.is_some());
+        if !fits(
+            message_count(&mut transaction, conversation_id).await?,
+            adding,
+            cap,
+        ) {
+            // Dropping the transaction rolls the status change back.
+            return Err(WriteError::Full(Limit::MessagesPerConversation(cap)));
+        }
+        insert_message(&mut transaction, conversation_id, message).await?;
         if let Some(reply) = reply {
             insert_message(&mut transaction, conversation_id, reply).await?;
         }
@@ -301,7 +329,8 @@ impl AppStore for PostgresAppStore {
         organization_id: &str,
         conversation_id: &str,
         message: &Message,
-    ) -> Result<Option<Status>, StoreError> {
+        cap: u32,
+    ) -> Result<Option<Status>, WriteError> {
         let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
         let status: Option<String> = sqlx::query_scalar(
             "UPDATE widget_conversations SET status = status \
@@ -315,16 +344,32 @@ impl AppStore for PostgresAppStore {
         let Some(status) = status else {
             return Ok(None);
         };
+        if !fits(
+            message_count(&mut transaction, conversation_id).await?,
+            1,
+            cap,
+        ) {
+            return Err(WriteError::Full(Limit::MessagesPerConversation(cap)));
+        }
         insert_message(&mut transaction, conversation_id, message).await?;
         transaction.commit().await.map_err(StoreError::backend)?;
         Ok(Some(status.parse()?))
     }
 
-    async fn create_file(&self, file: &NewFile) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn create_file(&self, file: &NewFile, cap: u32) -> Result<(), WriteError> {
+        let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
+        // One organization's uploads queue on an advisory lock, so the
+        // count each one reads includes the others'.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("widget_files:{}", file.organization_id))
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::backend)?;
+        let inserted = sqlx::query(
             "INSERT INTO widget_files \
              (id, organization_id, name, content, size_bytes, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             SELECT $1, $2, $3, $4, $5, $6 \
+             WHERE (SELECT count(*) FROM widget_files WHERE organization_id = $2) < $7",
         )
         .bind(&file.id)
         .bind(&file.organization_id)
@@ -332,9 +377,14 @@ impl AppStore for PostgresAppStore {
         .bind(&file.content)
         .bind(file.content.len() as i64)
         .bind(to_millis(file.created_at))
-        .execute(&self.pool)
+        .bind(i64::from(cap))
+        .execute(&mut *transaction)
         .await
         .map_err(StoreError::backend)?;
+        if inserted.rows_affected() == 0 {
+            return Err(WriteError::Full(Limit::FilesPerOrganization(cap)));
+        }
+        transaction.commit().await.map_err(StoreError::backend)?;
         Ok(())
     }
 
@@ -386,4 +436,17 @@ async fn insert_message(
     .await
     .map_err(StoreError::backend)?;
     Ok(())
+}
+
+/// How many messages conversation `conversation_id` holds (read inside the
+/// transaction that holds the conversation's row, or SQLite's write lock).
+async fn message_count(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conversation_id: &str,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM widget_messages WHERE conversation_id = $1")
+        .bind(conversation_id)
+        .fetch_one(&mut **transaction)
+        .await
+        .map_err(StoreError::backend)
 }

@@ -13,8 +13,8 @@ use sqlx::Row;
 use tower_saas_guard::StoreError;
 
 use super::{
-    from_millis, session_id_from_bytes, to_millis, AppStore, Conversation, Listing, Message,
-    NewFile, Page, Status, StoredFile,
+    fits, from_millis, session_id_from_bytes, to_millis, AppStore, Conversation, Limit, Listing,
+    Message, NewFile, Page, Status, StoredFile, WriteError,
 };
 
 /// The application's tables; safe to run at every start.
@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS widget_conversations (
 );
 CREATE INDEX IF NOT EXISTS widget_conversations_by_organization
     ON widget_conversations (organization_id, position);
+CREATE INDEX IF NOT EXISTS widget_conversations_by_session
+    ON widget_conversations (session_id);
 
 CREATE TABLE IF NOT EXISTS widget_messages (
     position        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -180,22 +182,34 @@ impl AppStore for SqliteAppStore {
         &self,
         conversation: &Conversation,
         first: &Message,
-    ) -> Result<(), StoreError> {
+        cap: u32,
+    ) -> Result<(), WriteError> {
         let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
-        sqlx::query(
+        // The insert is the transaction's first statement: it takes the
+        // write lock before counting, so concurrent creations never
+        // overshoot the cap.
+        let inserted = sqlx::query(
             "INSERT INTO widget_conversations \
-             (id, organization_id, session_id, status, created_at_ms) VALUES (?, ?, ?, ?, ?)",
+             (id, organization_id, session_id, status, created_at_ms) \
+             SELECT ?, ?, ?, ?, ? \
+             WHERE (SELECT count(*) FROM widget_conversations WHERE session_id = ?) < ?",
         )
         .bind(&conversation.id)
         .bind(&conversation.organization_id)
         .bind(conversation.session_id.as_bytes().as_slice())
         .bind(conversation.status.as_str())
         .bind(to_millis(conversation.created_at))
+        .bind(conversation.session_id.as_bytes().as_slice())
+        .bind(i64::from(cap))
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::backend)?;
+        if inserted.rows_affected() == 0 {
+            return Err(WriteError::Full(Limit::ConversationsPerSession(cap)));
+        }
         insert_message(&mut transaction, &conversation.id, first).await?;
-        transaction.commit().await.map_err(StoreError::backend)
+        transaction.commit().await.map_err(StoreError::backend)?;
+        Ok(())
     }
 
     async fn conversation(
@@ -261,7 +275,8 @@ impl AppStore for SqliteAppStore {
         conversation_id: &str,
         message: &Message,
         ai_reply: Option<&Message>,
-    ) -> Result<Option<(Status, bool)>, StoreError> {
+        cap: u32,
+    ) -> Result<Option<(Status, bool)>, WriteError> {
         let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
         // The write comes first, so the transaction holds the write lock
         // from its first statement: the status it reads is the one it sets.
@@ -280,8 +295,17 @@ impl AppStore for SqliteAppStore {
             return Ok(None);
         };
         let status: Status = status.parse()?;
-        insert_message(&mut transaction, conversation_id, message).await?;
         let reply = ai_reply.filter(|_| status == Status::Unresolved);
+        let adding = 1 + i64::from(reply.is_some());
+        if !fits(
+            message_count(&mut transaction, conversation_id).await?,
+            adding,
+            cap,
+        ) {
+            // Dropping the transaction rolls the status change back.
+            return Err(WriteError::Full(Limit::MessagesPerConversation(cap)));
+        }
+        insert_message(&mut transaction, conversation_id, message).await?;
         if let Some(reply) = reply {
             insert_message(&mut transaction, conversation_id, reply).await?;
         }
@@ -294,7 +318,8 @@ impl AppStore for SqliteAppStore {
         organization_id: &str,
         conversation_id: &str,
         message: &Message,
-    ) -> Result<Option<Status>, StoreError> {
+        cap: u32,
+    ) -> Result<Option<Status>, WriteError> {
         let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
         let status: Option<String> = sqlx::query_scalar(
             "UPDATE widget_conversations SET status = status \
@@ -308,16 +333,25 @@ impl AppStore for SqliteAppStore {
         let Some(status) = status else {
             return Ok(None);
         };
+        if !fits(
+            message_count(&mut transaction, conversation_id).await?,
+            1,
+            cap,
+        ) {
+            return Err(WriteError::Full(Limit::MessagesPerConversation(cap)));
+        }
         insert_message(&mut transaction, conversation_id, message).await?;
         transaction.commit().await.map_err(StoreError::backend)?;
         Ok(Some(status.parse()?))
     }
 
-    async fn create_file(&self, file: &NewFile) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn create_file(&self, file: &NewFile, cap: u32) -> Result<(), WriteError> {
+        // One statement: SQLite holds the write lock while it counts.
+        let inserted = sqlx::query(
             "INSERT INTO widget_files \
              (id, organization_id, name, content, size_bytes, created_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             SELECT ?, ?, ?, ?, ?, ? \
+             WHERE (SELECT count(*) FROM widget_files WHERE organization_id = ?) < ?",
         )
         .bind(&file.id)
         .bind(&file.organization_id)
@@ -325,9 +359,14 @@ impl AppStore for SqliteAppStore {
         .bind(&file.content)
         .bind(file.content.len() as i64)
         .bind(to_millis(file.created_at))
+        .bind(&file.organization_id)
+        .bind(i64::from(cap))
         .execute(&self.pool)
         .await
         .map_err(StoreError::backend)?;
+        if inserted.rows_affected() == 0 {
+            return Err(WriteError::Full(Limit::FilesPerOrganization(cap)));
+        }
         Ok(())
     }
 
@@ -378,4 +417,17 @@ async fn insert_message(
     .await
     .map_err(StoreError::backend)?;
     Ok(())
+}
+
+/// How many messages conversation `conversation_id` holds (read inside the
+/// transaction that holds the conversation's row, or SQLite's write lock).
+async fn message_count(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conversation_id: &str,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM widget_messages WHERE conversation_id = ?")
+        .bind(conversation_id)
+        .fetch_one(&mut **transaction)
+        .await
+        .map_err(StoreError::backend)
 }
