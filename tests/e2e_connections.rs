@@ -1,8 +1,10 @@
 //! Connection-level limits of the reference server, against the built
 //! binary over real sockets: a client trickling its headers is cut off
 //! after `--header-timeout`, a body that never finishes is answered 408
-//! after `--request-timeout`, and connections past `--max-connections`
-//! are closed as soon as they are accepted.
+//! after `--request-timeout`, connections past `--max-connections`
+//! are closed as soon as they are accepted, and a connection that sends
+//! nothing (or only the HTTP/2 preface), or stays idle after its requests,
+//! is closed after `--header-timeout` / `--idle-timeout`.
 #![cfg(all(
     feature = "axum",
     feature = "sqlite",
@@ -118,4 +120,96 @@ async fn connections_past_the_cap_are_closed_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served, "the server serves again once connections close");
+}
+
+/// A server with one-second connection timeouts.
+async fn impatient_server(extra: &[&str]) -> RunningBinary {
+    let mut args = vec![
+        "--addr",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--header-timeout",
+        "1s",
+        "--idle-timeout",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    spawn_binary(&args).await.0
+}
+
+/// Asserts `stream` is closed by the server between 0.9 s and 5 s after
+/// `since`; returns what the server sent.
+async fn assert_closed_after_a_second(stream: &mut TcpStream, since: std::time::Instant) -> String {
+    let (received, closed) = read_until_closed(stream, Duration::from_secs(5)).await;
+    assert!(closed, "still open 5 s later; received {received:?}");
+    let after = since.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+    received
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let running = impatient_server(&[]).await;
+    let mut stream = TcpStream::connect(running.addr).await.expect("connects");
+    let connected = std::time::Instant::now();
+    let received = assert_closed_after_a_second(&mut stream, connected).await;
+    assert_eq!(received, "");
+}
+
+#[tokio::test]
+async fn an_http2_preface_alone_does_not_keep_a_place() {
+    let running = impatient_server(&[]).await;
+    let mut stream = TcpStream::connect(running.addr).await.expect("connects");
+    let connected = std::time::Instant::now();
+    // The preface and an empty SETTINGS frame, then silence.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&preface).await.expect("writes");
+    assert_closed_after_a_second(&mut stream, connected).await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let running = impatient_server(&[]).await;
+    let mut stream = TcpStream::connect(running.addr).await.expect("connects");
+    // Two requests on one connection, 600 ms apart (within the timeout).
+    let request = b"GET /contact-sessions/current HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut answered = String::new();
+    for round in 0..2 {
+        stream.write_all(request).await.expect("writes");
+        let mut buffer = [0u8; 4096];
+        let read = stream.read(&mut buffer).await.expect("an answer");
+        answered = String::from_utf8_lossy(&buffer[..read]).into_owned();
+        assert!(
+            answered.starts_with("HTTP/1.1 401"),
+            "round {round}: {answered:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let since = std::time::Instant::now() - Duration::from_millis(600);
+    let received = assert_closed_after_a_second(&mut stream, since).await;
+    assert_eq!(received, "", "after {answered:?}");
+}
+
+#[tokio::test]
+async fn a_request_in_progress_is_not_cut_by_the_idle_timeout() {
+    // The body never finishes: the request timeout (2 s) answers it, not
+    // the idle timeout (1 s), since a request is in progress.
+    let running = impatient_server(&["--request-timeout", "2s"]).await;
+    let mut stream = TcpStream::connect(running.addr).await.expect("connects");
+    let started = std::time::Instant::now();
+    stream
+        .write_all(
+            b"POST /contact-sessions HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":",
+        )
+        .await
+        .expect("writes");
+    let (received, _) = read_until_closed(&mut stream, Duration::from_secs(6)).await;
+    assert!(received.starts_with("HTTP/1.1 408"), "{received:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1800));
 }

@@ -61,6 +61,10 @@ Flags (`--flag value` or `--flag=value`):
                                when accepted [default: 1024]
   --header-timeout DURATION    how long a request's headers may take to
                                arrive (slow clients are cut off) [default: 10s]
+  --idle-timeout DURATION      how long a connection may stay open with no
+                               request in progress [default: 60s] (a new
+                               connection's first request must start within
+                               --header-timeout)
   --request-timeout DURATION   how long a request may take, body included;
                                beyond it 408 request_timeout [default: 30s]
   -h, --help                   print this help and exit
@@ -237,6 +241,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a request's headers may take to arrive.
     pub header_timeout: Duration,
+    /// How long a connection may stay open with no request in progress.
+    pub idle_timeout: Duration,
     /// How long a request may take, body included (408 beyond).
     pub request_timeout: Duration,
 }
@@ -286,6 +292,7 @@ impl Default for Config {
             max_files_per_organization: NonZeroU32::new(1000).expect("not zero"),
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -372,6 +379,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParsedArgs, 
                 config.max_connections = parse_positive(&flag, &value()?)?.get() as usize;
             }
             "--header-timeout" => config.header_timeout = parse_timeout(&flag, &value()?)?,
+            "--idle-timeout" => config.idle_timeout = parse_timeout(&flag, &value()?)?,
             "--request-timeout" => config.request_timeout = parse_timeout(&flag, &value()?)?,
             "--rate-per-second" => config.rate_per_second = parse_positive(&flag, &value()?)?,
             "--max-conversations-per-session" => {

@@ -255,14 +255,12 @@ async fn main() -> ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve::serve(
-        listener,
-        app,
-        config.max_connections,
-        config.header_timeout,
-        shutdown,
-    )
-    .await;
+    let limits = serve::ConnectionLimits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    serve::serve(listener, app, limits, shutdown).await;
     ExitCode::SUCCESS
 }
 
