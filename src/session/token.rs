@@ -40,8 +40,22 @@ static DECODE: [u8; 256] = {
 /// assert!(SessionToken::parse("not-a-token").is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Eq)]
 pub struct SessionToken([u8; TOKEN_CHARS]);
+
+impl PartialEq for SessionToken {
+    /// Looks at every byte whatever the first difference, so the time a
+    /// cache lookup takes tells nothing about how much of a presented token
+    /// matched a cached one.
+    fn eq(&self, other: &Self) -> bool {
+        let difference = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b));
+        std::hint::black_box(difference) == 0
+    }
+}
 
 impl std::hash::Hash for SessionToken {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
@@ -263,6 +277,18 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(SessionToken::parse(&text), Ok(first));
+    }
+
+    #[test]
+    fn tokens_differing_in_any_one_character_are_unequal() {
+        let token = SessionToken::generate().expect("os randomness");
+        assert_eq!(token, SessionToken::parse(&token.to_string()).unwrap());
+        for position in 0..TOKEN_CHARS {
+            let mut text = token.to_string().into_bytes();
+            text[position] = if text[position] == b'A' { b'B' } else { b'A' };
+            let other = SessionToken::parse(std::str::from_utf8(&text).unwrap()).unwrap();
+            assert_ne!(token, other, "differing at {position}");
+        }
     }
 
     #[test]
