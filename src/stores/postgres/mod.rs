@@ -77,8 +77,15 @@ pub fn migrator() -> Migrator {
 }
 
 /// Applies the migrations on one connection, under sqlx's advisory lock.
+///
+/// The lock is held by the session, not a transaction, so the connection
+/// is closed afterwards rather than returned to the pool: when the store
+/// timeout cuts a migration short (say, while it waits for another
+/// instance's), a pooled connection would keep the lock and every other
+/// instance's migration would wait for it until the pool retired it.
 async fn run_migrations(pool: &PgPool) -> Result<(), StoreError> {
     let mut connection = pool.acquire().await.map_err(driver_error)?;
+    connection.close_on_drop();
     apply_pending(&migrator(), &mut *connection).await
 }
 

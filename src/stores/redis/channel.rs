@@ -151,15 +151,25 @@ fn publisher_config() -> ConnectionManagerConfig {
 
 #[async_trait]
 impl InvalidationChannel for RedisInvalidationChannel {
+    /// Publishes `message`, sending it a second time when the first try
+    /// met a connection lost since the last message: the connection
+    /// manager reports the old connection's failure once and only then
+    /// reconnects, so without the retry the first message after a Redis
+    /// restart would be lost. (Receivers only drop cache entries, so a
+    /// message that arrives twice does no harm.)
     async fn publish(&self, message: &str) -> Result<(), StoreError> {
         let mut connection = self.publisher().await?;
-        redis::cmd("PUBLISH")
-            .arg(&*self.name)
-            .arg(message)
-            .query_async::<i64>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(StoreError::backend)
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&*self.name).arg(message);
+        let first = publish.query_async::<i64>(&mut connection).await;
+        match first {
+            Err(error) if connection_lost(&error) => publish
+                .query_async::<i64>(&mut connection)
+                .await
+                .map(drop)
+                .map_err(StoreError::backend),
+            other => other.map(drop).map_err(StoreError::backend),
+        }
     }
 
     async fn subscribe(&self) -> Result<InvalidationStream, StoreError> {
@@ -168,6 +178,12 @@ impl InvalidationChannel for RedisInvalidationChannel {
             .map_err(|_| StoreError::timeout())??;
         Ok(received(sink, messages, Arc::clone(&self.name), self.heartbeat).boxed())
     }
+}
+
+/// Whether `error` says the connection was lost (rather than the command
+/// refused), so sending it again on a new connection may succeed.
+fn connection_lost(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped() || error.is_io_error() || error.is_connection_refusal()
 }
 
 /// What a subscription waits for next.
