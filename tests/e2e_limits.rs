@@ -301,3 +301,18 @@ fn the_caps_have_flags_with_documented_defaults() {
         assert!(error.contains(zero), "{error}");
     }
 }
+
+#[test]
+fn session_creation_buckets_ipv6_clients_by_their_64_network() {
+    use e2e_support::widget_server::client_network;
+    use std::net::IpAddr;
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    // Rotating through one /64 stays in one bucket; the next /64 is apart.
+    let network = client_network(ip("2001:db8:1:2:aaaa::1"));
+    assert_eq!(network, ip("2001:db8:1:2::"));
+    assert_eq!(client_network(ip("2001:db8:1:2:ffff:1:2:3")), network);
+    assert_ne!(client_network(ip("2001:db8:1:3::1")), network);
+    // IPv4, also mapped into IPv6, is the address itself.
+    assert_eq!(client_network(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+    assert_eq!(client_network(ip("192.0.2.7")), ip("192.0.2.7"));
+}

@@ -45,9 +45,10 @@ impl Limits {
         limits
     }
 
-    /// One `POST /contact-sessions` from `client`.
+    /// One `POST /contact-sessions` from `client` (an IPv6 client by its
+    /// /64 network: see [`client_network`]).
     pub(crate) fn contact_session(&self, client: IpAddr) -> Result<(), ApiError> {
-        check(&self.contact_sessions, &client)
+        check(&self.contact_sessions, &client_network(client))
     }
 
     /// One write by the session `id`.
@@ -78,6 +79,20 @@ fn check<K: Hash + Eq + Clone>(
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         ApiError::rate_limited(wait)
     })
+}
+
+/// The bucket of a client address: an IPv4 address as it is; an IPv6
+/// address by its /64 network, which one subscriber usually holds whole
+/// (rotating through it would otherwise give a client a fresh bucket per
+/// request); an IPv4-mapped IPv6 address as the IPv4 address it maps.
+pub fn client_network(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
 }
 
 async fn forget_idle(limits: Weak<Limits>) {

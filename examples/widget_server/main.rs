@@ -214,6 +214,7 @@ pub use backends::listener_application_name;
 use cli::USAGE;
 pub use cli::{parse_args, Config, ParsedArgs, StoreUrl};
 pub use grpc::pb;
+pub use limits::client_network;
 
 #[tokio::main]
 async fn main() -> ExitCode {
