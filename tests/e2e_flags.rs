@@ -484,3 +484,40 @@ async fn binary_logs_refused_webhooks_at_most_once_a_second() {
         "{refusals} refusal lines in {elapsed} s"
     );
 }
+
+#[tokio::test]
+async fn a_stderr_nobody_reads_never_stalls_requests() {
+    // stderr is a pipe nobody reads: it fills after about 1 500 request
+    // lines, and a server writing them on its workers would stop answering.
+    let mut child = Command::new(example_binary())
+        .args(["--addr", "127.0.0.1:0", "--store", "memory"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the example binary starts");
+    let _unread = child.stderr.take().expect("piped stderr");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    tokio::time::timeout(PROCESS_TIMEOUT, stdout.read_line(&mut line))
+        .await
+        .expect("the binary prints its first line in time")
+        .expect("stdout is readable");
+    let addr: SocketAddr = line
+        .trim_end()
+        .strip_prefix("listening on http://")
+        .expect("the listening line")
+        .parse()
+        .expect("an address");
+    let api = Api::new(addr);
+    for round in 0..3_000 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            api.get("/contact-sessions/current", None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {round} got no answer in 10 s"));
+        assert_eq!(reply.status, 401, "round {round}: {reply:?}");
+    }
+}
