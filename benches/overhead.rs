@@ -504,6 +504,60 @@ fn parts(c: &mut Criterion) {
             black_box(request)
         })
     });
+    // CookieSource's own parser against the `cookie` crate (what
+    // tower-cookies and axum-extra use), same header, same rules: exactly
+    // one cookie of the name, then the token's shape. Five cookies, the
+    // session's third.
+    {
+        use tower_saas_guard::session::{CookieSource, TokenSource};
+        use tower_saas_guard::RequestHead;
+        let source = CookieSource::default();
+        let request = Request::builder()
+            .header(
+                COOKIE,
+                format!("_ga=GA1.2.3; theme=dark; __Host-session={text}; csrf=abc; lang=en"),
+            )
+            .body(())
+            .expect("a valid request");
+        group.bench_function("cookie_find_hand", |b| {
+            b.iter(|| black_box(source.token(&RequestHead::of(black_box(&request)))))
+        });
+        group.bench_function("cookie_find_cookie_crate", |b| {
+            b.iter(|| {
+                let mut found = None;
+                for header in black_box(&request).headers().get_all(COOKIE) {
+                    let Ok(header) = header.to_str() else {
+                        continue;
+                    };
+                    for cookie in cookie::Cookie::split_parse(header).flatten() {
+                        if cookie.name() == "__Host-session" {
+                            if found.is_some() {
+                                return black_box(None);
+                            }
+                            found = Some(SessionToken::parse(cookie.value()));
+                        }
+                    }
+                }
+                black_box(found)
+            })
+        });
+        let max_age = std::time::Duration::from_secs(24 * 3600);
+        group.bench_function("cookie_render_hand", |b| {
+            b.iter(|| black_box(source.set_cookie(black_box(&token), max_age)))
+        });
+        group.bench_function("cookie_render_cookie_crate", |b| {
+            b.iter(|| {
+                let cookie = cookie::Cookie::build(("__Host-session", black_box(&token).to_string()))
+                    .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
+                    .path("/")
+                    .http_only(true)
+                    .secure(true)
+                    .same_site(cookie::SameSite::Lax)
+                    .build();
+                black_box(HeaderValue::from_str(&cookie.to_string()))
+            })
+        });
+    }
     group.bench_function("response_new_alone", |b| {
         b.iter(|| black_box(Response::new(())))
     });
