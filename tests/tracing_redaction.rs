@@ -154,3 +154,44 @@ async fn a_whole_session_lifecycle_logs_no_token_and_no_full_id() {
         assert!(!all.contains(&secret), "{secret} leaked into:\n{all}");
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_lost_and_regained_invalidation_channel_is_traced() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let channel = tower_saas_guard::invalidation::MemoryInvalidationChannel::new();
+    let layer = SessionRefreshLayer::builder(MemorySessionStore::new())
+        .invalidation_channel(channel.clone())
+        .build()
+        .expect("valid configuration");
+    let handle = layer.handle();
+    async fn connected(handle: &tower_saas_guard::session::SessionHandle, count: u64) {
+        for _ in 0..200 {
+            if handle
+                .channel_status()
+                .map_or(0, |status| status.connections)
+                >= count
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not connected {count} times: {:?}", handle.channel_status());
+    }
+    connected(&handle, 1).await;
+    channel.disconnect();
+    connected(&handle, 2).await;
+
+    let all = capture.lines().join("\n");
+    assert!(
+        all.contains("invalidation channel lost; reconnecting"),
+        "{all}"
+    );
+    let regained = capture
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("invalidation channel connected"))
+        .collect::<Vec<_>>();
+    assert_eq!(regained.len(), 2, "{all}");
+    assert!(regained[1].contains("connections=2"), "{all}");
+}

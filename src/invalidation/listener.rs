@@ -164,8 +164,13 @@ async fn listen(
         match subscribed {
             Ok(mut messages) => {
                 let opened = std::time::Instant::now();
-                counters.connections.fetch_add(1, Ordering::AcqRel);
+                let connections = counters.connections.fetch_add(1, Ordering::AcqRel) + 1;
                 counters.connected.store(true, Ordering::Release);
+                tracing::info!(
+                    connections,
+                    "invalidation channel connected; dropping the cache, as anything \
+                     published while it was not may have been missed"
+                );
                 match target.upgrade() {
                     // Whatever was published before this subscription opened
                     // may have been missed.
