@@ -177,6 +177,22 @@ async fn every_cap_holds(server: &Server) {
         "{contents:?}"
     );
 
+    // A refused visitor message changes nothing, not even the status it
+    // would have set: the greeting and four operator replies fill an
+    // `unresolved` conversation (operators leave the status as it is); a
+    // visitor message without an AI reply (free plan) would escalate it.
+    let quiet = &conversations[1];
+    for round in 0..4 {
+        let reply = api
+            .reply_as_operator("org_free", quiet, "an operator")
+            .await;
+        assert_eq!(reply.status, 201, "round {round}: {reply:?}");
+    }
+    let reply = api.send_message(&token, quiet, "too late").await;
+    assert_limit_reached(&reply, "limit of 5 messages");
+    let (status, roles, _) = api.conversation(&token, quiet).await;
+    assert_eq!((status.as_str(), roles.len()), ("unresolved", 5));
+
     // A paid plan's message needs room for the AI reply too: with one slot
     // left it is refused whole, and the conversation stays `unresolved`
     // (the refused write changed nothing, not even the status).

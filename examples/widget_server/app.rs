@@ -31,6 +31,7 @@ use super::cli::Config;
 use super::grpc;
 use super::input::{MAX_FILE_BODY_BYTES, MAX_ID_CHARS, MAX_WEBHOOK_BODY_BYTES};
 use super::limits::Limits;
+use super::log;
 use super::problem::ApiError;
 use super::routes::{billing, method_not_allowed, operator, route_not_found, visitor};
 use super::storage::{AppStore, Caps};
@@ -327,67 +328,19 @@ async fn request_timeout(
 
 /// One line per request on stderr: method, path (never the query, which
 /// may hold a cursor; never a header, which may hold a token), status and
-/// the time the answer took. Written by [`RequestLog`]'s thread, so a
-/// slow stderr never holds up an answer.
+/// the time the answer took. Queued for [`log`]'s thread, so a slow
+/// stderr never holds up an answer.
 async fn log_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    RequestLog::get().write(format!(
+    log::line(format!(
         "{method} {path} {} {:.1}ms",
         response.status().as_u16(),
         started.elapsed().as_secs_f64() * 1000.0
     ));
     response
-}
-
-/// The request lines' way to stderr: a bounded queue drained by a thread
-/// of its own. Writing to stderr blocks when whoever reads it is slow (a
-/// pipe holds 64 KiB); on a worker thread that would stall every request
-/// it serves. When the queue is full a line is dropped instead, and the
-/// next line written says how many were.
-struct RequestLog {
-    queue: std::sync::mpsc::SyncSender<String>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl RequestLog {
-    /// Lines waiting at most; about 1 MiB.
-    const QUEUE: usize = 16 * 1024;
-
-    fn get() -> &'static Self {
-        static LOG: std::sync::OnceLock<RequestLog> = std::sync::OnceLock::new();
-        LOG.get_or_init(|| {
-            let (queue, lines) = std::sync::mpsc::sync_channel::<String>(Self::QUEUE);
-            let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let counted = Arc::clone(&dropped);
-            let _ = std::thread::Builder::new()
-                .name("request-log".to_owned())
-                .spawn(move || {
-                    use std::io::Write;
-                    for line in lines {
-                        let mut stderr = std::io::stderr().lock();
-                        let missed = counted.swap(0, std::sync::atomic::Ordering::Relaxed);
-                        if missed > 0 {
-                            let _ = writeln!(
-                                stderr,
-                                "widget_server: {missed} request lines dropped (stderr is slow)"
-                            );
-                        }
-                        let _ = writeln!(stderr, "{line}");
-                    }
-                });
-            Self { queue, dropped }
-        })
-    }
-
-    fn write(&self, line: String) {
-        if self.queue.try_send(line).is_err() {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
 }
 
 /// CORS for the visitor routes (SPEC §5): preflights from `origins` (any

@@ -198,6 +198,7 @@ mod cli;
 mod grpc;
 mod input;
 mod limits;
+mod log;
 mod pagination;
 mod problem;
 mod routes;
@@ -206,6 +207,7 @@ mod storage;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tower_saas_guard::SystemClock;
 
@@ -260,8 +262,10 @@ async fn main() -> ExitCode {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
         idle_timeout: config.idle_timeout,
+        request_timeout: config.request_timeout,
     };
     serve::serve(listener, app, limits, shutdown).await;
+    log::flush(Duration::from_secs(2));
     ExitCode::SUCCESS
 }
 

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tower_saas_guard::billing::WebhookError;
 use tower_saas_guard::{problem_json, ErrorCode, StoreError};
 
+use super::log;
 use super::storage::WriteError;
 
 /// An error answer: RFC 9457 problem+json with a `code`, like the library's
@@ -60,7 +61,7 @@ impl ApiError {
 
     /// `which` store (`session`, `subscription`) failed with `error`.
     pub(crate) fn store_unavailable(which: &'static str, error: &dyn fmt::Display) -> Self {
-        eprintln!("widget_server: {which} store failed: {error}");
+        log::line(format!("widget_server: {which} store failed: {error}"));
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: ErrorCode::StoreUnavailable.as_str(),
@@ -164,7 +165,7 @@ impl ApiError {
     }
 
     pub(crate) fn internal(detail: String) -> Self {
-        eprintln!("widget_server: internal error: {detail}");
+        log::line(format!("widget_server: internal error: {detail}"));
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal_error",
@@ -193,9 +194,9 @@ fn log_refusal(error: &WebhookError) {
             .is_ok()
     {
         let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
-        eprintln!(
+        log::line(format!(
             "widget_server: billing webhook refused: {error} ({suppressed} more refused since the last line)"
-        );
+        ));
     } else {
         SUPPRESSED.fetch_add(1, Ordering::Relaxed);
     }

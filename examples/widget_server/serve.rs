@@ -10,19 +10,27 @@
 //!   nothing, or only the HTTP/2 preface, does not keep its place.
 //! - A connection with no request in progress for `--idle-timeout` is
 //!   closed (HTTP/1 keep-alive and idle HTTP/2 alike), so idle sockets
-//!   cannot fill the `--max-connections` places.
+//!   cannot fill the `--max-connections` places. A request is in progress
+//!   until its answer's body is sent: closing waits for it (`GOAWAY`
+//!   first for HTTP/2), up to `--request-timeout`.
+//! - A connection whose requests neither start nor finish for
+//!   `--request-timeout` + `--idle-timeout` is cut: handlers end within
+//!   the request timeout, so that is a client not reading its answers.
 //! - The request timeout (`--request-timeout`, answered 408) is a layer
 //!   of the router, so it bounds the body's arrival too (see `app.rs`).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
@@ -31,12 +39,13 @@ use tokio::time::Instant;
 use tower::Service;
 
 /// The connection-level limits (`--max-connections`, `--header-timeout`,
-/// `--idle-timeout`).
+/// `--idle-timeout`, and `--request-timeout` for the answers in progress).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectionLimits {
     pub(crate) max_connections: usize,
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 }
 
 /// What a connection's watchdog reads: requests in progress, and when the
@@ -55,7 +64,8 @@ impl Activity {
     }
 }
 
-/// Ends a request's count when its handler has answered (or was dropped).
+/// Ends a request's count when its answer's body is sent or dropped (or
+/// its handler was dropped before answering).
 struct InFlight {
     activity: Arc<Activity>,
     opened: Instant,
@@ -64,7 +74,35 @@ struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.activity.touch(self.opened);
-        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Release: a watchdog that sees the count fall also sees the touch.
+        self.activity.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// An answer's body that keeps its request counted in progress until it
+/// is sent whole or dropped.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -114,7 +152,7 @@ pub(crate) async fn serve(
                     request
                         .extensions_mut()
                         .insert(ConnectInfo::<SocketAddr>(remote));
-                    counted.in_flight.fetch_add(1, Ordering::Relaxed);
+                    counted.in_flight.fetch_add(1, Ordering::AcqRel);
                     counted.touch(opened);
                     let in_flight = InFlight {
                         activity: Arc::clone(&counted),
@@ -122,9 +160,13 @@ pub(crate) async fn serve(
                     };
                     let answer = app.clone().call(request);
                     async move {
-                        let answer = answer.await;
-                        drop(in_flight);
-                        answer
+                        let response = answer.await?;
+                        Ok::<_, Infallible>(response.map(|body| {
+                            Body::new(Tracked {
+                                body,
+                                _in_flight: in_flight,
+                            })
+                        }))
                     }
                 });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -140,10 +182,28 @@ pub(crate) async fn serve(
                 match next_check(&activity, opened, limits) {
                     Some(next) => deadline = next,
                     None => {
-                        // Idle too long: `GOAWAY` for HTTP/2, close for
-                        // HTTP/1; dropped if even that takes a second.
+                        // `GOAWAY` for HTTP/2, close for HTTP/1, after the
+                        // answers in progress (a stream that raced the
+                        // `GOAWAY` too), for at most the request timeout;
+                        // then the connection is dropped.
                         connection.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                        let closing = Instant::now();
+                        loop {
+                            tokio::select! {
+                                _ = connection.as_mut() => break,
+                                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                            }
+                            // A client that does not answer the shutdown
+                            // (HTTP/2's PING) gets a second; one still
+                            // receiving answers, the request timeout.
+                            let waited = closing.elapsed();
+                            let busy = activity.in_flight.load(Ordering::Acquire) > 0;
+                            if waited >= limits.request_timeout
+                                || (!busy && waited >= Duration::from_secs(1))
+                            {
+                                break;
+                            }
+                        }
                         break;
                     }
                 }
@@ -153,22 +213,21 @@ pub(crate) async fn serve(
     }
 }
 
-/// When to look at an idle connection next: `None` when it has had no
-/// request in progress for too long (`header_timeout` before its first
-/// request, `idle_timeout` after one) and must be closed.
+/// When to look at a connection next: `None` when it must be closed,
+/// having had no request in progress for too long (`header_timeout`
+/// before its first request, `idle_timeout` after one), or requests in
+/// progress that neither started nor ended for `request_timeout` +
+/// `idle_timeout` (answers nobody reads).
 fn next_check(activity: &Activity, opened: Instant, limits: ConnectionLimits) -> Option<Instant> {
-    let now = Instant::now();
-    let last_ms = activity.last_ms.load(Ordering::Relaxed);
-    let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-    let allowed = if last_ms == 0 && !busy {
-        limits.header_timeout
-    } else {
-        limits.idle_timeout
+    // The count first (Acquire, paired with the Release that lowers it):
+    // seen at zero, the last touch read after it is the one that ended it.
+    let busy = activity.in_flight.load(Ordering::Acquire) > 0;
+    let last_ms = activity.last_ms.load(Ordering::Acquire);
+    let allowed = match (busy, last_ms) {
+        (true, _) => limits.request_timeout + limits.idle_timeout,
+        (false, 0) => limits.header_timeout,
+        (false, _) => limits.idle_timeout,
     };
-    if busy {
-        // A request is being answered (the request timeout bounds it).
-        return Some(now + allowed);
-    }
     let deadline = opened + Duration::from_millis(last_ms.saturating_sub(1)) + allowed;
-    (deadline > now).then_some(deadline)
+    (deadline > Instant::now()).then_some(deadline)
 }

@@ -194,6 +194,7 @@ impl AppStore for PostgresAppStore {
         // One session's creations queue on an advisory lock, so the count
         // each one reads includes the others' (read committed takes a new
         // snapshot per statement) and the cap is never overshot.
+        read_committed(&mut transaction).await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("widget_conversations:{}", conversation.session_id))
             .execute(&mut *transaction)
@@ -360,6 +361,7 @@ impl AppStore for PostgresAppStore {
         let mut transaction = self.pool.begin().await.map_err(StoreError::backend)?;
         // One organization's uploads queue on an advisory lock, so the
         // count each one reads includes the others'.
+        read_committed(&mut transaction).await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("widget_files:{}", file.organization_id))
             .execute(&mut *transaction)
@@ -449,4 +451,17 @@ async fn message_count(
         .fetch_one(&mut **transaction)
         .await
         .map_err(StoreError::backend)
+}
+
+/// The count after an advisory lock must see the previous holder's
+/// commit: each statement needs a snapshot of its own, whatever the
+/// server's `default_transaction_isolation` says.
+async fn read_committed(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<(), StoreError> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut **transaction)
+        .await
+        .map_err(StoreError::backend)?;
+    Ok(())
 }
