@@ -547,13 +547,14 @@ fn parts(c: &mut Criterion) {
         });
         group.bench_function("cookie_render_cookie_crate", |b| {
             b.iter(|| {
-                let cookie = cookie::Cookie::build(("__Host-session", black_box(&token).to_string()))
-                    .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
-                    .path("/")
-                    .http_only(true)
-                    .secure(true)
-                    .same_site(cookie::SameSite::Lax)
-                    .build();
+                let cookie =
+                    cookie::Cookie::build(("__Host-session", black_box(&token).to_string()))
+                        .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
+                        .path("/")
+                        .http_only(true)
+                        .secure(true)
+                        .same_site(cookie::SameSite::Lax)
+                        .build();
                 black_box(HeaderValue::from_str(&cookie.to_string()))
             })
         });
