@@ -1,0 +1,146 @@
+//! The hit path in instructions: a program for `valgrind --tool=callgrind`,
+//! whose counts do not move with the machine's load the way wall-clock
+//! time does. Run it through `benches/callgrind.sh`, which builds it, runs
+//! every variant at two iteration counts and reports the difference per
+//! request (so the setup cancels out).
+//!
+//! By hand: `instructions-<hash> <variant> <iterations>` sends
+//! `iterations` requests through the warm `variant` (`bare`, `session`,
+//! `validate_only`, `subscription`, `both`): the same requests and
+//! services as `benches/overhead.rs`'s cache-hit rows.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower::{service_fn, Layer, Service};
+use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
+use tower_saas_guard::subscription::{
+    EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
+    Subscription, SubscriptionChange, SubscriptionStatus,
+};
+
+/// Polls a future that is ready on its first poll (a cache hit is).
+fn ready_now<F: Future>(future: F) -> F::Output {
+    let mut context = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut context) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a cache hit should not wait"),
+    }
+}
+
+fn request(token: &HeaderValue, organization: &HeaderValue) -> Request<()> {
+    let mut request = Request::new(());
+    request.headers_mut().insert("x-session-id", token.clone());
+    request
+        .headers_mut()
+        .insert("x-organization-id", organization.clone());
+    request
+}
+
+/// One warm-up call on the runtime (a first call may load), then
+/// `iterations` calls polled once each.
+fn run<S, B>(
+    runtime: &tokio::runtime::Runtime,
+    mut service: S,
+    token: &HeaderValue,
+    organization: &HeaderValue,
+    iterations: u64,
+) where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+{
+    let warm = runtime
+        .block_on(service.call(request(token, organization)))
+        .unwrap_or_else(|never| match never {});
+    assert_eq!(warm.status(), 200);
+    let _entered = runtime.enter();
+    for _ in 0..iterations {
+        let response = ready_now(service.call(request(token, organization)))
+            .unwrap_or_else(|never| match never {});
+        black_box(response);
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: instructions <bare|session|validate_only|subscription|both> <iterations>";
+    let variant = args.next().expect(usage);
+    let iterations: u64 = args.next().and_then(|n| n.parse().ok()).expect(usage);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // TTLs longer than any run: every measured call is a hit.
+    let long = Duration::from_secs(3600);
+    let layer = SessionRefreshLayer::builder(MemorySessionStore::new())
+        .cache_ttl(long)
+        .build()
+        .expect("valid settings");
+    let created = runtime
+        .block_on(layer.handle().create(Some("org_1"), ()))
+        .expect("a session");
+    let token = HeaderValue::from_str(&created.token.to_string()).expect("a header");
+    let organization = HeaderValue::from_static("org_1");
+    let entitlements = Entitlements::builder(MemorySubscriptionStore::new())
+        .positive_ttl(long)
+        .build()
+        .expect("valid settings");
+    runtime
+        .block_on(entitlements.apply(&SubscriptionChange::new(
+            Subscription {
+                organization_id: "org_1".into(),
+                subscription_id: "sub_1".into(),
+                status: SubscriptionStatus::Active,
+                plan: "pro".into(),
+                current_period_end: None,
+                trial_end: None,
+            },
+            SystemTime::now(),
+        )))
+        .expect("a subscription");
+    let inner = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+    let (token, organization) = (&token, &organization);
+    match variant.as_str() {
+        "bare" => run(&runtime, inner, token, organization, iterations),
+        "session" => run(
+            &runtime,
+            layer.layer(inner),
+            token,
+            organization,
+            iterations,
+        ),
+        "validate_only" => run(
+            &runtime,
+            layer.clone().validate_only().layer(inner),
+            token,
+            organization,
+            iterations,
+        ),
+        "subscription" => run(
+            &runtime,
+            RequireSubscriptionLayer::new(entitlements, EntitlementPolicy::new())
+                .organization(FromHeader::new(HeaderName::from_static(
+                    "x-organization-id",
+                )))
+                .layer(inner),
+            token,
+            organization,
+            iterations,
+        ),
+        "both" => run(
+            &runtime,
+            layer.layer(
+                RequireSubscriptionLayer::new(entitlements, EntitlementPolicy::new()).layer(inner),
+            ),
+            token,
+            organization,
+            iterations,
+        ),
+        other => panic!("unknown variant `{other}`; {usage}"),
+    }
+}
