@@ -1,0 +1,183 @@
+//! Bytes per cached session and per cached entitlement, from the process's
+//! resident memory.
+//!
+//! `cargo bench --bench memory --all-features` (or the built binary with
+//! `sessions [N]` or `entitlements [N]`, defaults 200 000 and 100 000; each
+//! kind runs in a process of its own). Records are
+//! first written to a memory store through one layer; then a second layer
+//! on the same store, with a cold cache, reads every one of them once
+//! (each a cache miss that fills its cache). The growth of the resident
+//! set over those reads, divided by their number, is what one cached
+//! entry costs: the cache's entry, the key, the record as cached, and the
+//! allocator's overhead.
+//!
+//! Sessions carry the reference server's payload: a visitor's name and
+//! e-mail.
+
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use serde_json::json;
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer, SessionToken};
+use tower_saas_guard::subscription::{
+    EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
+    Subscription, SubscriptionChange, SubscriptionStatus,
+};
+
+/// The resident set size, in bytes (Linux).
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; otherwise `sessions N` or
+    // `entitlements N` measures one kind in this process. Without a kind,
+    // each is measured in a process of its own, so memory freed by one
+    // cannot hide the growth of the other.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| arg != "--bench")
+        .collect();
+    let count = |default: usize| args.get(1).and_then(|n| n.parse().ok()).unwrap_or(default);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match args.first().map(String::as_str) {
+        Some("sessions") => runtime.block_on(cached_sessions(count(200_000))),
+        Some("entitlements") => runtime.block_on(cached_entitlements(count(100_000))),
+        Some(other) => panic!("unknown kind `{other}`: sessions [N] or entitlements [N]"),
+        None => {
+            let me = std::env::current_exe().expect("this program's path");
+            for kind in ["sessions", "entitlements"] {
+                let status = std::process::Command::new(&me)
+                    .arg(kind)
+                    .status()
+                    .expect("runs itself");
+                assert!(status.success(), "{kind}: {status}");
+            }
+        }
+    }
+}
+
+async fn cached_sessions(count: usize) {
+    let long = Duration::from_secs(3600);
+    let store = MemorySessionStore::new();
+    let writer = SessionRefreshLayer::builder(store.clone())
+        .cache_capacity(1)
+        .build()
+        .expect("valid settings");
+    let mut tokens: Vec<SessionToken> = Vec::with_capacity(count);
+    for n in 0..count {
+        let created = writer
+            .handle()
+            .create(
+                Some("org_1"),
+                json!({ "name": format!("Visitor {n}"), "email": format!("visitor{n}@example.com") }),
+            )
+            .await
+            .expect("a session");
+        tokens.push(created.token);
+    }
+    let reader = SessionRefreshLayer::builder(store)
+        .cache_capacity(count as u64 + 1)
+        .cache_ttl(long)
+        .build()
+        .expect("valid settings");
+    let mut service = reader
+        .validate_only()
+        .layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let header = HeaderName::from_static("x-session-id");
+    let before = rss();
+    for token in &tokens {
+        let mut request = Request::new(());
+        request.headers_mut().insert(
+            header.clone(),
+            HeaderValue::from_str(&token.to_string()).expect("a header"),
+        );
+        let response = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), 200);
+    }
+    let grown = rss().saturating_sub(before);
+    println!(
+        "cached sessions: {count}, resident set grew {:.1} MiB: {} bytes per cached session",
+        grown as f64 / (1024.0 * 1024.0),
+        grown / count as u64
+    );
+}
+
+async fn cached_entitlements(count: usize) {
+    let long = Duration::from_secs(3600);
+    let store = MemorySubscriptionStore::new();
+    let writer = Entitlements::builder(store.clone())
+        .cache_capacity(1)
+        .build()
+        .expect("valid settings");
+    let at = SystemTime::now();
+    for n in 0..count {
+        writer
+            .apply(&SubscriptionChange::new(
+                Subscription {
+                    organization_id: format!("org_{n}"),
+                    subscription_id: format!("sub_{n}"),
+                    status: SubscriptionStatus::Active,
+                    plan: "pro".into(),
+                    current_period_end: None,
+                    trial_end: None,
+                },
+                at,
+            ))
+            .await
+            .expect("a subscription");
+    }
+    let reader = Entitlements::builder(store)
+        .cache_capacity(count as u64 + 1)
+        .positive_ttl(long)
+        .build()
+        .expect("valid settings");
+    let mut service = RequireSubscriptionLayer::new(reader, EntitlementPolicy::new())
+        .organization(FromHeader::new(HeaderName::from_static(
+            "x-organization-id",
+        )))
+        .layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let before = rss();
+    for n in 0..count {
+        let mut request = Request::new(());
+        request.headers_mut().insert(
+            "x-organization-id",
+            HeaderValue::from_str(&format!("org_{n}")).expect("a header"),
+        );
+        let response = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), 200);
+    }
+    let grown = rss().saturating_sub(before);
+    println!(
+        "cached entitlements: {count}, resident set grew {:.1} MiB: {} bytes per cached entitlement",
+        grown as f64 / (1024.0 * 1024.0),
+        grown / count as u64
+    );
+}
