@@ -7,13 +7,14 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use http::HeaderValue;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::signing::TokenKeys;
@@ -105,13 +106,93 @@ impl Session {
     }
 
     /// The application payload stored with the session.
+    ///
+    /// The cache keeps a payload as its JSON text (a fraction of the memory
+    /// of a `Value` tree); the first call on a cached copy decodes it, and
+    /// later calls reuse that. [`payload_as`](Self::payload_as) decodes
+    /// from the text directly.
     pub fn payload(&self) -> &Value {
-        &self.data.payload
+        self.data.payload.value()
     }
 
     /// The payload decoded as `T`.
     pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        T::deserialize(&*self.data.payload)
+        self.data.payload.decode()
+    }
+}
+
+/// A session's payload as the cache keeps it: its JSON text, and the
+/// `Value` it decodes to once a handler asked for one.
+pub(crate) struct Payload {
+    json: Box<RawValue>,
+    value: OnceLock<Value>,
+}
+
+/// Payloads nested deeper than this keep their `Value` too: decoding their
+/// text again would meet `serde_json`'s recursion limit (128).
+const TEXT_ONLY_DEPTH: usize = 100;
+
+impl Payload {
+    pub(crate) fn new(value: Value) -> Self {
+        let value_kept = OnceLock::new();
+        let json = match serde_json::value::to_raw_value(&value) {
+            Ok(json) if depth(&value, 0) <= TEXT_ONLY_DEPTH => json,
+            // Kept as a `Value` (and its text, for `payload_as`'s sake).
+            Ok(json) => {
+                let _ = value_kept.set(value);
+                json
+            }
+            // A `Value` always serializes; should it not, it is kept whole.
+            Err(_) => {
+                let _ = value_kept.set(value);
+                RawValue::from_string("null".to_owned()).expect("`null` is JSON")
+            }
+        };
+        Self {
+            json,
+            value: value_kept,
+        }
+    }
+
+    fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            serde_json::from_str(self.json.get()).expect("the text of a `Value`, not too deep")
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        match self.value.get() {
+            Some(value) => T::deserialize(value),
+            None => serde_json::from_str(self.json.get()),
+        }
+    }
+}
+
+/// How deeply `value` nests arrays and objects, counted to at most
+/// `TEXT_ONLY_DEPTH + 1`.
+fn depth(value: &Value, at: usize) -> usize {
+    if at > TEXT_ONLY_DEPTH {
+        return at;
+    }
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .map(|item| depth(item, at + 1))
+            .max()
+            .unwrap_or(at + 1),
+        Value::Object(fields) => fields
+            .values()
+            .map(|field| depth(field, at + 1))
+            .max()
+            .unwrap_or(at + 1),
+        _ => at,
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The payload is the application's (often personal data).
+        f.write_str("Payload(<redacted>)")
     }
 }
 
@@ -138,7 +219,7 @@ pub(crate) struct SessionData {
     pub(crate) subject: Option<String>,
     pub(crate) created_at: SystemTime,
     pub(crate) expires_at: SystemTime,
-    pub(crate) payload: Arc<Value>,
+    pub(crate) payload: Arc<Payload>,
     /// `x-session-expires-at` for this `expires_at`, rendered once.
     pub(crate) expires_header: HeaderValue,
     /// `expires_at - refresh_threshold`: activity after this renews.
@@ -163,7 +244,7 @@ impl SessionData {
             created_at: record.created_at,
             expires_header: expires_header(record.expires_at),
             expires_at: record.expires_at,
-            payload: Arc::new(record.payload),
+            payload: Arc::new(Payload::new(record.payload)),
         }
     }
 
@@ -1091,5 +1172,47 @@ impl PurgeTask {
 impl Drop for PurgeTask {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_payload_is_kept_as_text_and_decoded_only_when_asked() {
+        let payload = Payload::new(json!({ "name": "Ada", "email": "ada@example.com" }));
+        assert!(payload.value.get().is_none(), "no Value tree until asked");
+        #[derive(serde::Deserialize, PartialEq, Debug)]
+        struct Visitor {
+            name: String,
+            email: String,
+        }
+        let visitor: Visitor = payload.decode().expect("decodes from the text");
+        assert_eq!(visitor.name, "Ada");
+        assert!(payload.value.get().is_none(), "payload_as reads the text");
+        assert_eq!(payload.value()["email"], "ada@example.com");
+        assert!(payload.value.get().is_some(), "decoded once, then kept");
+    }
+
+    #[test]
+    fn a_payload_too_deep_to_decode_again_keeps_its_value() {
+        let mut deep = json!(1);
+        for _ in 0..200 {
+            deep = json!([deep]);
+        }
+        let payload = Payload::new(deep.clone());
+        assert_eq!(payload.value(), &deep);
+        let decoded: Value = payload.decode().expect("from the kept Value");
+        assert_eq!(decoded, deep);
+        // Just under the line, the text alone is kept and decodes.
+        let mut shallow = json!(1);
+        for _ in 0..TEXT_ONLY_DEPTH {
+            shallow = json!([shallow]);
+        }
+        let payload = Payload::new(shallow.clone());
+        assert!(payload.value.get().is_none());
+        assert_eq!(payload.value(), &shallow);
     }
 }
