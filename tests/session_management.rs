@@ -21,6 +21,7 @@ use tower_saas_guard::{ConfigError, ManualClock};
 use support::{epoch, send, Echo, ProbeStore};
 
 const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
 
 struct Fixture {
     store: ProbeStore,
@@ -466,4 +467,163 @@ fn cursors_that_no_store_can_hold_are_invalid_not_store_errors() {
     ] {
         assert!(text.parse::<SessionCursor>().is_err(), "{text}");
     }
+}
+
+/// One request a minute for a simulated day, on a fresh fixture: how many
+/// store reads it cost.
+async fn loads_over_a_visitor_day(fixture: &Fixture) -> usize {
+    let created = fixture
+        .handle()
+        .create(Some("org_1"), ())
+        .await
+        .expect("create");
+    let service = fixture.service();
+    for minute in 0..24 * 60 {
+        let answer = send(&service, with_token(&created.token)).await;
+        assert_eq!(answer.status, StatusCode::OK, "minute {minute}");
+        fixture.clock.advance(60 * SECOND);
+    }
+    fixture.store.loads()
+}
+
+#[tokio::test]
+async fn with_a_connected_channel_an_active_visitor_is_read_about_once_an_hour() {
+    let without = Fixture::new();
+    let reads_without = loads_over_a_visitor_day(&without).await;
+    let channel = MemoryInvalidationChannel::new();
+    let with = Fixture::with(|builder| builder.invalidation_channel(channel.clone()));
+    wait_until(|| connected(&with.handle(), 1)).await;
+    let reads_with = loads_over_a_visitor_day(&with).await;
+    println!("store reads in a simulated visitor-day: {reads_without} without a channel, {reads_with} with one");
+    // A minute apart, every request outlives the 30 s TTL: one read each.
+    assert!(reads_without >= 24 * 60 - 1, "{reads_without}");
+    // With the channel, one read an hour (the 1 h channel TTL).
+    assert!(reads_with <= 25, "{reads_with} reads in a day");
+    assert!(
+        reads_with >= 23,
+        "{reads_with}: the channel TTL still applies"
+    );
+}
+
+#[tokio::test]
+async fn losing_the_channel_falls_back_to_the_cache_ttl_from_the_loss() {
+    let channel = MemoryInvalidationChannel::new();
+    let fixture = Fixture::with(|builder| builder.invalidation_channel(channel.clone()));
+    wait_until(|| connected(&fixture.handle(), 1)).await;
+    let created = fixture
+        .handle()
+        .create(Some("org_1"), ())
+        .await
+        .expect("create");
+    let service = fixture.service();
+    assert_eq!(
+        send(&service, with_token(&created.token)).await.status,
+        StatusCode::OK
+    );
+    // Deleted behind the layer's back: no message says so.
+    use tower_saas_guard::session::SessionStore;
+    assert!(fixture
+        .store
+        .inner
+        .delete(&created.id)
+        .await
+        .expect("delete"));
+    fixture.clock.advance(20 * MINUTE);
+    let loads = fixture.store.loads();
+    assert_eq!(
+        send(&service, with_token(&created.token)).await.status,
+        StatusCode::OK,
+        "connected: trusted for the channel's TTL (1 h)"
+    );
+    assert_eq!(fixture.store.loads(), loads);
+    channel.set_down(true);
+    wait_until(|| {
+        fixture
+            .handle()
+            .channel_status()
+            .is_some_and(|status| !status.connected)
+    })
+    .await;
+    // Whatever was revoked before the loss would have arrived: the copy is
+    // trusted for the cache TTL (30 s) past the loss, no longer.
+    fixture.clock.advance(29 * SECOND);
+    assert_eq!(
+        send(&service, with_token(&created.token)).await.status,
+        StatusCode::OK,
+        "29 s after the loss"
+    );
+    assert_eq!(fixture.store.loads(), loads);
+    fixture.clock.advance(2 * SECOND);
+    let answer = send(&service, with_token(&created.token)).await;
+    assert_eq!(code(&answer), "session_not_found", "31 s after the loss");
+    assert_eq!(fixture.store.loads(), loads + 1);
+}
+
+/// A channel whose first `failures` publishes fail.
+#[derive(Clone)]
+struct FlakyPublish {
+    inner: MemoryInvalidationChannel,
+    failures: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tower_saas_guard::async_trait]
+impl tower_saas_guard::invalidation::InvalidationChannel for FlakyPublish {
+    async fn publish(&self, message: &str) -> Result<(), tower_saas_guard::StoreError> {
+        use std::sync::atomic::Ordering;
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(tower_saas_guard::StoreError::timeout());
+        }
+        self.inner.publish(message).await
+    }
+
+    async fn subscribe(
+        &self,
+    ) -> Result<tower_saas_guard::invalidation::InvalidationStream, tower_saas_guard::StoreError>
+    {
+        self.inner.subscribe().await
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_that_fails_to_publish_is_tried_again_until_it_arrives() {
+    let channel = MemoryInvalidationChannel::new();
+    let flaky = FlakyPublish {
+        inner: channel.clone(),
+        failures: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(3)),
+    };
+    let here = Fixture::with(|builder| builder.invalidation_channel(channel.clone()));
+    let elsewhere = SessionRefreshLayer::builder(here.store.clone())
+        .clock(here.clock.clone())
+        .invalidation_channel(flaky.clone())
+        .build()
+        .expect("valid configuration")
+        .handle();
+    wait_until(|| connected(&here.handle(), 1) && connected(&elsewhere, 1)).await;
+    let created = here
+        .handle()
+        .create(Some("org_1"), ())
+        .await
+        .expect("create");
+    let service = here.service();
+    assert_eq!(
+        send(&service, with_token(&created.token)).await.status,
+        StatusCode::OK
+    );
+    elsewhere.revoke_id(&created.id).await.expect("revoke");
+    // Three failures, then the retries (100, 200, 400 ms apart) get it
+    // through.
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    while here
+        .handle()
+        .channel_status()
+        .is_none_or(|status| status.received == 0)
+    {
+        assert!(std::time::Instant::now() < deadline, "never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(flaky.failures.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let answer = send(&service, with_token(&created.token)).await;
+    assert_eq!(code(&answer), "session_not_found");
 }

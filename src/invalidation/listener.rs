@@ -1,7 +1,7 @@
 //! The crate's side of a channel: publishing in the background, and the
 //! listener task that reconnects and applies what it receives.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -17,6 +17,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A connection open this long before it was lost resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// The longest wait between two tries of a message that failed to publish.
+const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(5);
+/// Messages tried again at once, at most; past it a failed one is dropped
+/// (and logged) at once rather than pile up during a long outage.
+const MAX_RETRYING: usize = 1024;
 
 /// A cache that a channel's messages invalidate.
 pub(crate) trait InvalidationTarget: Send + Sync + 'static {
@@ -25,6 +30,10 @@ pub(crate) trait InvalidationTarget: Send + Sync + 'static {
 
     /// Messages may have been lost: drop everything cached before now.
     fn resync(&self);
+
+    /// The subscription just ended: from now on messages may be lost
+    /// (until the next `resync`).
+    fn disconnected(&self) {}
 }
 
 /// What a channel's listener has done so far, for health checks and tests.
@@ -54,6 +63,9 @@ pub(crate) struct ChannelLink {
     /// Random per cache: its own messages come back and are skipped.
     instance: u64,
     publish_timeout: Duration,
+    retry_for: Duration,
+    /// Messages being tried again now (at most `MAX_RETRYING`).
+    retrying: Arc<AtomicUsize>,
     counters: Arc<Counters>,
     /// Dropped with the link: the listener task ends.
     _stop: oneshot::Sender<()>,
@@ -84,9 +96,13 @@ impl PendingListener {
 impl ChannelLink {
     /// A link to `channel`, and its listener to start once the cache it
     /// invalidates is built. Needs a Tokio runtime.
+    /// `retry_for`: how long a message that fails to publish is tried
+    /// again (the cache TTL receivers use while connected: past it they
+    /// re-read anyway).
     pub(crate) fn new(
         channel: Arc<dyn InvalidationChannel>,
         publish_timeout: Duration,
+        retry_for: Duration,
     ) -> Result<(Self, PendingListener), ConfigError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let mut instance = [0u8; 8];
@@ -110,13 +126,20 @@ impl ChannelLink {
             channel,
             instance,
             publish_timeout,
+            retry_for,
+            retrying: Arc::new(AtomicUsize::new(0)),
             counters,
             _stop: stop,
         };
         Ok((link, pending))
     }
 
-    /// Publishes `invalidation` in the background; never waits.
+    /// Publishes `invalidation` in the background; never waits. A message
+    /// that fails is tried again, backing off from 100 ms to 5 s, for up
+    /// to `retry_for`: receivers whose connection is up trust their cache
+    /// that long, so a message lost here would otherwise leave them stale
+    /// for all of it. (A receiver whose connection is down uses the short
+    /// TTL and drops its cache when it reconnects.)
     pub(crate) fn publish(&self, invalidation: &Invalidation) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no Tokio runtime: invalidation not published");
@@ -125,9 +148,34 @@ impl ChannelLink {
         for message in invalidation.encode(self.instance) {
             let channel = Arc::clone(&self.channel);
             let timeout = self.publish_timeout;
+            let retry_for = self.retry_for;
+            let retrying = Arc::clone(&self.retrying);
             runtime.spawn(async move {
-                let sent = crate::error::with_timeout(timeout, channel.publish(&message)).await;
-                if let Err(error) = sent {
+                let started = tokio::time::Instant::now();
+                let mut backoff = FIRST_BACKOFF;
+                let mut counted = false;
+                let error = loop {
+                    let sent = crate::error::with_timeout(timeout, channel.publish(&message)).await;
+                    let Err(error) = sent else {
+                        break None;
+                    };
+                    if started.elapsed() + backoff > retry_for {
+                        break Some(error);
+                    }
+                    if !counted {
+                        if retrying.fetch_add(1, Ordering::AcqRel) >= MAX_RETRYING {
+                            retrying.fetch_sub(1, Ordering::AcqRel);
+                            break Some(error);
+                        }
+                        counted = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_PUBLISH_BACKOFF);
+                };
+                if counted {
+                    retrying.fetch_sub(1, Ordering::AcqRel);
+                }
+                if let Some(error) = error {
                     tracing::warn!(
                         %error,
                         "invalidation not published; other instances see the change within their cache TTL"
@@ -135,6 +183,12 @@ impl ChannelLink {
                 }
             });
         }
+    }
+
+    /// Whether the listener's subscription is open now.
+    #[inline]
+    pub(crate) fn connected(&self) -> bool {
+        self.counters.connected.load(Ordering::Acquire)
     }
 
     pub(crate) fn status(&self) -> ChannelStatus {
@@ -197,6 +251,11 @@ async fn listen(
                             tracing::debug!("ignored an invalidation message of another format")
                         }
                     }
+                }
+                // Said before the flag falls: a lookup that sees it down
+                // also sees when it went down.
+                if let Some(target) = target.upgrade() {
+                    target.disconnected();
                 }
                 counters.connected.store(false, Ordering::Release);
                 // A connection that lived a while starts the backoff over;

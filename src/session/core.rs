@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use http::HeaderValue;
@@ -39,6 +39,10 @@ pub(crate) struct SessionConfig {
     pub(crate) absolute_lifetime: Option<Duration>,
     pub(crate) cache_capacity: u64,
     pub(crate) cache_ttl: Duration,
+    /// How long a cached session is trusted while the invalidation channel
+    /// is connected (revocations then arrive as messages); at least
+    /// `cache_ttl`.
+    pub(crate) channel_cache_ttl: Duration,
     pub(crate) expired_retention: Duration,
     pub(crate) store_timeout: Duration,
     /// Distinct tokens whose load or renewal may wait on the store at once.
@@ -49,6 +53,13 @@ pub(crate) struct SessionConfig {
     /// How long an unknown session id is remembered; `None`: not at all.
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) negative_capacity: u64,
+}
+
+impl SessionConfig {
+    /// The TTL while the invalidation channel is connected.
+    pub(crate) fn connected_ttl(&self) -> Duration {
+        self.channel_cache_ttl.max(self.cache_ttl)
+    }
 }
 
 /// A response extension saying the handler ended the request's session
@@ -225,8 +236,11 @@ pub(crate) struct SessionData {
     /// `expires_at - refresh_threshold`: activity after this renews.
     pub(crate) renew_after: SystemTime,
     /// Past this instant the cached copy is re-read from the store (the
-    /// cache TTL, on the layer's clock).
+    /// cache TTL, on the layer's clock)...
     pub(crate) fresh_until: SystemTime,
+    /// ...or past this one while the invalidation channel is connected
+    /// (the channel's cache TTL).
+    pub(crate) fresh_while_connected: SystemTime,
     /// Set once no revocation raced the insert; until then readers treat
     /// the entry as stale (see `SessionCore::cache_insert`).
     pub(crate) confirmed: AtomicBool,
@@ -236,6 +250,7 @@ impl SessionData {
     fn from_record(record: SessionRecord, config: &SessionConfig, now: SystemTime) -> Self {
         Self {
             fresh_until: now + config.cache_ttl,
+            fresh_while_connected: now + config.connected_ttl(),
             confirmed: AtomicBool::new(false),
             renew_after: renew_after(record.expires_at, config),
             id: record.id,
@@ -260,6 +275,7 @@ impl SessionData {
             expires_header: self.expires_header.clone(),
             renew_after: retry_at.max(self.renew_after),
             fresh_until: self.fresh_until,
+            fresh_while_connected: self.fresh_while_connected,
             confirmed: AtomicBool::new(false),
         }
     }
@@ -267,6 +283,7 @@ impl SessionData {
     fn with_expiry(&self, expires_at: SystemTime, config: &SessionConfig, now: SystemTime) -> Self {
         Self {
             fresh_until: now + config.cache_ttl,
+            fresh_while_connected: now + config.connected_ttl(),
             confirmed: AtomicBool::new(false),
             renew_after: renew_after(expires_at, config),
             id: self.id,
@@ -360,6 +377,9 @@ pub(crate) struct SessionCore {
     revocations: Generations,
     /// This cache's per-thread hot tables.
     hot: HotFront<SessionToken, SessionData>,
+    /// When (on `clock`, Unix ms) the invalidation channel's subscription
+    /// last ended; 0 before it ever did.
+    channel_lost_at_ms: AtomicU64,
     /// The token of every cached session, by id: revocations by id (a
     /// handler's `Session`, a listing, another instance) find the entry.
     ids: IdIndex,
@@ -414,10 +434,15 @@ impl SessionCore {
         clock: Arc<dyn Clock>,
         channel: Option<Arc<dyn InvalidationChannel>>,
     ) -> Result<Arc<Self>, ConfigError> {
+        let longest_ttl = if channel.is_some() {
+            config.connected_ttl()
+        } else {
+            config.cache_ttl
+        };
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_capacity)
             // Housekeeping in real time; freshness is judged by `clock`.
-            .time_to_live(config.cache_ttl)
+            .time_to_live(longest_ttl)
             .build_with_hasher(BuildHasherDefault::<TokenHasher>::default());
         let negative = config.negative_ttl.map(|ttl| {
             moka::sync::Cache::builder()
@@ -427,7 +452,8 @@ impl SessionCore {
         });
         let (link, listener) = match channel {
             Some(channel) => {
-                let (link, listener) = ChannelLink::new(channel, config.store_timeout)?;
+                let (link, listener) =
+                    ChannelLink::new(channel, config.store_timeout, config.connected_ttl())?;
                 (Some(link), Some(listener))
             }
             None => (None, None),
@@ -445,6 +471,7 @@ impl SessionCore {
             clock,
             revocations: Generations::new(),
             hot: HotFront::new(&HOT_SESSIONS),
+            channel_lost_at_ms: AtomicU64::new(0),
         });
         if let Some(listener) = listener {
             let target: Arc<dyn InvalidationTarget> = Arc::clone(&core) as _;
@@ -478,7 +505,7 @@ impl SessionCore {
     pub(crate) fn classify(&self, data: &SessionData, now: SystemTime, activity: bool) -> Verdict {
         if now >= data.expires_at {
             Verdict::LooksExpired
-        } else if now >= data.fresh_until || !data.confirmed.load(Ordering::Acquire) {
+        } else if now >= self.fresh_until(data) || !data.confirmed.load(Ordering::Acquire) {
             Verdict::Stale
         } else if activity
             && now > data.renew_after
@@ -494,7 +521,29 @@ impl SessionCore {
     /// Whether a cached copy may answer without a store read: confirmed,
     /// and younger than the cache TTL.
     fn is_trusted(&self, data: &SessionData, now: SystemTime) -> bool {
-        now < data.fresh_until && data.confirmed.load(Ordering::Acquire)
+        now < self.fresh_until(data) && data.confirmed.load(Ordering::Acquire)
+    }
+
+    /// Until when `data` is trusted: the channel's longer TTL while the
+    /// invalidation channel is connected (a revocation elsewhere arrives as
+    /// a message), the cache TTL otherwise. Judged at each lookup: once the
+    /// connection is lost, what was revoked before it arrived, and what is
+    /// revoked after it may not, so an entry cached before the loss is
+    /// trusted for at most the cache TTL past the loss (and the cache is
+    /// dropped when the connection is back).
+    #[inline]
+    fn fresh_until(&self, data: &SessionData) -> SystemTime {
+        match &self.channel {
+            Some(link) if link.connected() => data.fresh_while_connected,
+            Some(_) => {
+                let lost = UNIX_EPOCH
+                    + Duration::from_millis(self.channel_lost_at_ms.load(Ordering::Acquire));
+                let since_loss = lost.checked_add(self.config.cache_ttl).unwrap_or(lost);
+                data.fresh_until
+                    .max(data.fresh_while_connected.min(since_loss))
+            }
+            None => data.fresh_until,
+        }
     }
 
     /// `min(now + duration, created_at + absolute_lifetime)`, in whole ms.
@@ -1113,6 +1162,11 @@ impl InvalidationTarget for SessionCore {
             }
             Invalidation::Subscriptions(_) => false,
         }
+    }
+
+    fn disconnected(&self) {
+        let now = crate::unix_millis(self.clock.now());
+        self.channel_lost_at_ms.store(now, Ordering::Release);
     }
 
     fn resync(&self) {

@@ -565,7 +565,10 @@ impl EntitlementsBuilder {
             .build_with_hasher(foldhash::fast::RandomState::default());
         let (link, listener) = match self.channel {
             Some(channel) => {
-                let (link, listener) = ChannelLink::new(channel, self.config.store_timeout)?;
+                // Past its longest TTL a receiver re-reads anyway.
+                let retry_for = self.config.positive_ttl.max(self.config.negative_ttl);
+                let (link, listener) =
+                    ChannelLink::new(channel, self.config.store_timeout, retry_for)?;
                 (Some(link), Some(listener))
             }
             None => (None, None),
