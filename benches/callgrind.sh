@@ -41,12 +41,12 @@ echo "| variant | instructions per request | over bare |"
 echo "|---|---|---|"
 declare -A per
 for round in $(seq "$ROUNDS"); do
-    for variant in bare session validate_only subscription both; do
+    for variant in bare session session_1000 validate_only subscription both; do
         low=$(instructions "$variant" "$LOW")
         high=$(instructions "$variant" "$HIGH")
         per[$variant]=$(( (high - low) / (HIGH - LOW) ))
     done
-    for variant in bare session validate_only subscription both; do
+    for variant in bare session session_1000 validate_only subscription both; do
         if [[ $variant == bare ]]; then
             over="—"
         else

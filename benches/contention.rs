@@ -1,6 +1,6 @@
 //! Throughput under contention: a Tokio runtime of 2 worker threads, 64
 //! tasks sending requests as fast as they go for a fixed time, spread over
-//! 1, 1 000 or 100 000 distinct sessions (or organizations). The session
+//! 1, 1 000, 10 000 or 100 000 distinct sessions (or organizations). The session
 //! layer, the subscription layer, tower-sessions 0.15 (memory store,
 //! reading one value) and the bare service run one after the other in one
 //! process, so their figures compare. Store reads during the measured
@@ -25,7 +25,7 @@ use tower_saas_guard::subscription::{
 use tower_saas_guard::test_kit::faults::{Faults, FaultySessionStore, FaultySubscriptionStore, Op};
 
 const TASKS: usize = 64;
-const DISTINCT: [usize; 3] = [1, 1_000, 100_000];
+const DISTINCT: [usize; 4] = [1, 1_000, 10_000, 100_000];
 
 /// Requests per second of `service` from `TASKS` tasks for `duration`,
 /// task `t` cycling through `keys[t], keys[t + TASKS], …` in `header`.

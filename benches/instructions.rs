@@ -7,7 +7,9 @@
 //! By hand: `instructions-<hash> <variant> <iterations>` sends
 //! `iterations` requests through the warm `variant` (`bare`, `session`,
 //! `validate_only`, `subscription`, `both`): the same requests and
-//! services as `benches/overhead.rs`'s cache-hit rows.
+//! services as `benches/overhead.rs`'s cache-hit rows; `session_1000`
+//! cycles through a thousand sessions, more than a thread's hot table
+//! holds, so each hit is a moka lookup.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,32 +44,37 @@ fn request(token: &HeaderValue, organization: &HeaderValue) -> Request<()> {
     request
 }
 
-/// One warm-up call on the runtime (a first call may load), then
-/// `iterations` calls polled once each.
+/// One warm-up call on the runtime per token (a first call may load),
+/// then `iterations` calls polled once each, cycling through `tokens`.
 fn run<S, B>(
     runtime: &tokio::runtime::Runtime,
     mut service: S,
-    token: &HeaderValue,
+    tokens: &[HeaderValue],
     organization: &HeaderValue,
     iterations: u64,
 ) where
     S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
 {
-    let warm = runtime
-        .block_on(service.call(request(token, organization)))
-        .unwrap_or_else(|never| match never {});
-    assert_eq!(warm.status(), 200);
+    for token in tokens {
+        let warm = runtime
+            .block_on(service.call(request(token, organization)))
+            .unwrap_or_else(|never| match never {});
+        assert_eq!(warm.status(), 200);
+    }
     let _entered = runtime.enter();
+    let mut next = 0;
     for _ in 0..iterations {
-        let response = ready_now(service.call(request(token, organization)))
+        let response = ready_now(service.call(request(&tokens[next], organization)))
             .unwrap_or_else(|never| match never {});
         black_box(response);
+        next = (next + 1) % tokens.len();
     }
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: instructions <bare|session|validate_only|subscription|both> <iterations>";
+    let usage = "usage: instructions <bare|session|session_1000|validate_only|subscription|both> \
+                 <iterations>";
     let variant = args.next().expect(usage);
     let iterations: u64 = args.next().and_then(|n| n.parse().ok()).expect(usage);
 
@@ -85,6 +92,17 @@ fn main() {
         .block_on(layer.handle().create(Some("org_1"), ()))
         .expect("a session");
     let token = HeaderValue::from_str(&created.token.to_string()).expect("a header");
+    // `session_1000`: a thousand sessions, more than a thread's hot table
+    // holds, so each hit goes to moka.
+    let mut many = Vec::new();
+    if variant == "session_1000" {
+        for _ in 0..1000 {
+            let created = runtime
+                .block_on(layer.handle().create(Some("org_1"), ()))
+                .expect("a session");
+            many.push(HeaderValue::from_str(&created.token.to_string()).expect("a header"));
+        }
+    }
     let organization = HeaderValue::from_static("org_1");
     let entitlements = Entitlements::builder(MemorySubscriptionStore::new())
         .positive_ttl(long)
@@ -104,9 +122,16 @@ fn main() {
         )))
         .expect("a subscription");
     let inner = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
-    let (token, organization) = (&token, &organization);
+    let (token, organization) = (std::slice::from_ref(&token), &organization);
     match variant.as_str() {
         "bare" => run(&runtime, inner, token, organization, iterations),
+        "session_1000" => run(
+            &runtime,
+            layer.layer(inner),
+            &many,
+            organization,
+            iterations,
+        ),
         "session" => run(
             &runtime,
             layer.layer(inner),

@@ -3,7 +3,7 @@
 //!
 //! A lookup goes, fastest first:
 //!
-//! 1. **the thread's hot table** ([`hot`]): a few dozen entries per thread
+//! 1. **the thread's hot table** ([`hot`]): 4096 entries per thread
 //!    and kind, used without touching moka while their stripe's *hot
 //!    counter* has not moved since they were fetched;
 //! 2. **the moka cache**: bounded by capacity, entries judged fresh on the
