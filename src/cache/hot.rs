@@ -250,6 +250,15 @@ mod tests {
     }
 
     #[test]
+    fn a_session_slot_is_as_large_as_documented() {
+        // `SLOTS`' docs: 88 bytes a session slot, 352 KiB a table. (The
+        // value type does not count: a slot holds a `Weak` to it.)
+        let place = std::mem::size_of::<Place<crate::session::SessionToken, u8>>();
+        assert_eq!(place, 88);
+        assert_eq!(place * SLOTS, 352 * 1024);
+    }
+
+    #[test]
     fn a_thousand_keys_used_in_turn_are_mostly_answered_from_the_table() {
         let mut table: HotTable<String, u32> = HotTable::new();
         let keys: Vec<(u64, String, Arc<u32>)> = (0..1000u32)
