@@ -9,18 +9,20 @@
 //! `cargo bench --bench contention --all-features` (or the built binary
 //! with the seconds per row, default 2).
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use common::{active_subscription, tower_sessions_reader};
 use http::header::COOKIE;
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
-    Subscription, SubscriptionChange, SubscriptionStatus,
 };
 use tower_saas_guard::test_kit::faults::{Faults, FaultySessionStore, FaultySubscriptionStore, Op};
 
@@ -156,21 +158,10 @@ async fn run(duration: Duration) {
             .cache_capacity(2 * distinct as u64)
             .build()
             .expect("valid settings");
-        let at = SystemTime::now();
         let mut organizations = Vec::with_capacity(distinct);
         for n in 0..distinct {
             entitlements
-                .apply(&SubscriptionChange::new(
-                    Subscription {
-                        organization_id: format!("org_{n}"),
-                        subscription_id: "sub_1".into(),
-                        status: SubscriptionStatus::Active,
-                        plan: "pro".into(),
-                        current_period_end: None,
-                        trial_end: None,
-                    },
-                    at,
-                ))
+                .apply(&active_subscription(format!("org_{n}")))
                 .await
                 .expect("a subscription");
             organizations.push(HeaderValue::from_str(&format!("org_{n}")).expect("a header"));
@@ -195,21 +186,8 @@ async fn run(duration: Duration) {
     }
 
     for distinct in DISTINCT {
-        use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
-        let reader = service_fn(|request: Request<()>| async move {
-            let session = request
-                .extensions()
-                .get::<Session>()
-                .cloned()
-                .expect("tower-sessions session");
-            if session.get::<String>("name").await.ok().flatten().is_none() {
-                session
-                    .insert("name", "Ada")
-                    .await
-                    .expect("memory store insert");
-            }
-            Ok::<_, Infallible>(Response::new(()))
-        });
+        use tower_sessions::{MemoryStore, SessionManagerLayer};
+        let reader = tower_sessions_reader();
         let service = SessionManagerLayer::new(MemoryStore::default())
             .with_secure(false)
             .layer(reader);

@@ -8,17 +8,19 @@
 //! one worker thread and the load generator (reqwest) on another, so each
 //! has one of this machine's two cores.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
+use common::active_subscription;
 use tower_saas_guard::session::{MemorySessionStore, Session, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     EntitlementPolicy, Entitlements, MemorySubscriptionStore, RequireSubscriptionLayer,
-    Subscription, SubscriptionChange, SubscriptionStatus,
 };
 
 const CLIENTS: usize = 32;
@@ -136,17 +138,7 @@ fn main() {
         let sessions = SessionRefreshLayer::new(MemorySessionStore::new());
         let entitlements = Entitlements::new(MemorySubscriptionStore::new());
         entitlements
-            .apply(&SubscriptionChange::new(
-                Subscription {
-                    organization_id: "org_1".into(),
-                    subscription_id: "sub_1".into(),
-                    status: SubscriptionStatus::Active,
-                    plan: "pro".into(),
-                    current_period_end: None,
-                    trial_end: None,
-                },
-                SystemTime::now(),
-            ))
+            .apply(&active_subscription("org_1".into()))
             .await
             .expect("a subscription");
         let created = sessions

@@ -11,38 +11,19 @@
 //! cycles through a thousand sessions, more than a thread's hot table
 //! holds, so each hit is a moka lookup.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime};
+mod common;
 
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Duration;
+
+use common::{active_subscription, ready_now, request};
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
-    Subscription, SubscriptionChange, SubscriptionStatus,
 };
-
-/// Polls a future that is ready on its first poll (a cache hit is).
-fn ready_now<F: Future>(future: F) -> F::Output {
-    let mut context = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut context) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a cache hit should not wait"),
-    }
-}
-
-fn request(token: &HeaderValue, organization: &HeaderValue) -> Request<()> {
-    let mut request = Request::new(());
-    request.headers_mut().insert("x-session-id", token.clone());
-    request
-        .headers_mut()
-        .insert("x-organization-id", organization.clone());
-    request
-}
 
 /// One warm-up call on the runtime per token (a first call may load),
 /// then `iterations` calls polled once each, cycling through `tokens`.
@@ -109,17 +90,7 @@ fn main() {
         .build()
         .expect("valid settings");
     runtime
-        .block_on(entitlements.apply(&SubscriptionChange::new(
-            Subscription {
-                organization_id: "org_1".into(),
-                subscription_id: "sub_1".into(),
-                status: SubscriptionStatus::Active,
-                plan: "pro".into(),
-                current_period_end: None,
-                trial_end: None,
-            },
-            SystemTime::now(),
-        )))
+        .block_on(entitlements.apply(&active_subscription("org_1".into())))
         .expect("a subscription");
     let inner = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
     let (token, organization) = (std::slice::from_ref(&token), &organization);

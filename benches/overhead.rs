@@ -6,10 +6,10 @@
 //! iteration is the middleware's cost.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
+mod common;
+
+use common::{active_subscription, ready_now, request, tower_sessions_reader};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::header::COOKIE;
 use http::{HeaderValue, Request, Response};
@@ -17,28 +17,7 @@ use tower::{service_fn, Layer, Service};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
-    Subscription, SubscriptionChange, SubscriptionStatus,
 };
-
-/// Polls a future that is ready on its first poll (every variant here is).
-fn ready_now<F: Future>(future: F) -> F::Output {
-    let mut context = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut context) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the benchmarked service should not wait"),
-    }
-}
-
-/// The same request for every variant: a session token and an
-/// organization header (the subscription layer alone reads the latter).
-fn request(token: &HeaderValue, organization: &HeaderValue) -> Request<()> {
-    let mut request = Request::new(());
-    request.headers_mut().insert("x-session-id", token.clone());
-    request
-        .headers_mut()
-        .insert("x-organization-id", organization.clone());
-    request
-}
 
 fn call<S>(service: &mut S, token: &HeaderValue, organization: &HeaderValue) -> S::Response
 where
@@ -86,17 +65,7 @@ fn overhead(c: &mut Criterion) {
     let many_organizations: Vec<HeaderValue> = (1..=MANY)
         .map(|n| {
             runtime
-                .block_on(entitlements.apply(&SubscriptionChange::new(
-                    Subscription {
-                        organization_id: format!("org_{n}"),
-                        subscription_id: "sub_1".into(),
-                        status: SubscriptionStatus::Active,
-                        plan: "pro".into(),
-                        current_period_end: None,
-                        trial_end: None,
-                    },
-                    std::time::SystemTime::now(),
-                )))
+                .block_on(entitlements.apply(&active_subscription(format!("org_{n}"))))
                 .expect("store subscription");
             HeaderValue::from_str(&format!("org_{n}")).expect("organization is a header")
         })
@@ -379,23 +348,9 @@ fn tower_sessions_baseline(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     runtime: &tokio::runtime::Runtime,
 ) {
-    use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
+    use tower_sessions::{MemoryStore, SessionManagerLayer};
 
     let _entered = runtime.enter();
-    let reader = service_fn(|request: Request<()>| async move {
-        let session = request
-            .extensions()
-            .get::<Session>()
-            .cloned()
-            .expect("tower-sessions session");
-        if session.get::<String>("name").await.ok().flatten().is_none() {
-            session
-                .insert("name", "Ada")
-                .await
-                .expect("memory store insert");
-        }
-        Ok::<_, Infallible>(Response::new(()))
-    });
     for (name, always_save) in [
         ("tower_sessions_read", false),
         ("tower_sessions_always_save", true),
@@ -403,7 +358,7 @@ fn tower_sessions_baseline(
         let layer = SessionManagerLayer::new(MemoryStore::default())
             .with_secure(false)
             .with_always_save(always_save);
-        let mut service = layer.layer(reader);
+        let mut service = layer.layer(tower_sessions_reader());
         let first = runtime
             .block_on(tower::ServiceExt::oneshot(
                 service.clone(),

@@ -14,20 +14,20 @@
 //! real server the request's extension map and the response's headers
 //! usually exist already, and a hit costs one allocation per layer.
 
+#[path = "../benches/common/mod.rs"]
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use common::{active_subscription, ready_now, request};
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service};
 use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer};
 use tower_saas_guard::subscription::{
     EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
-    Subscription, SubscriptionChange, SubscriptionStatus,
 };
 
 struct Counting;
@@ -66,26 +66,7 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-/// Polls a future that is ready on its first poll (a cache hit is).
-fn ready_now<F: Future>(future: F) -> F::Output {
-    let mut context = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut context) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a cache hit should not wait"),
-    }
-}
-
 const ROUNDS: u64 = 1_000;
-
-fn request(token: &HeaderValue, organization: &HeaderValue) -> Request<()> {
-    let mut request = Request::new(());
-    request.headers_mut().insert("x-session-id", token.clone());
-    request.headers_mut().insert(
-        HeaderName::from_static("x-organization-id"),
-        organization.clone(),
-    );
-    request
-}
 
 fn warm<S, B>(
     runtime: &tokio::runtime::Runtime,
@@ -143,17 +124,7 @@ fn a_cache_hit_adds_at_most_a_few_allocations() {
         .build()
         .expect("valid settings");
     runtime
-        .block_on(entitlements.apply(&SubscriptionChange::new(
-            Subscription {
-                organization_id: "org_1".into(),
-                subscription_id: "sub_1".into(),
-                status: SubscriptionStatus::Active,
-                plan: "pro".into(),
-                current_period_end: None,
-                trial_end: None,
-            },
-            SystemTime::now(),
-        )))
+        .block_on(entitlements.apply(&active_subscription("org_1".into())))
         .expect("a subscription");
 
     let inner = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
