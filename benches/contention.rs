@@ -6,16 +6,25 @@
 //! process, so their figures compare. Store reads during the measured
 //! time are counted: on a warm cache there should be none.
 //!
+//! Every row runs in `ROUNDS` rounds (default 3) in the one process, each
+//! round going through all rows in turn, so that a drift of the machine's
+//! load hits every variant alike; the table gives the median of the rounds
+//! and their min–max, and `benches/plots/throughput.svg` draws it.
+//!
 //! `cargo bench --bench contention --all-features` (or the built binary
-//! with the seconds per row, default 2).
+//! with the seconds per row, default 2; `ROUNDS=5` for more rounds).
 
 mod common;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::svg::{self, Grouped, Series, Spread};
 use common::{active_subscription, tower_sessions_reader};
 use http::header::COOKIE;
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -96,26 +105,185 @@ fn main() {
         .skip(1)
         .find_map(|arg| arg.parse().ok())
         .unwrap_or(2);
+    let rounds: usize = match std::env::var("ROUNDS") {
+        Ok(rounds) => match rounds.parse() {
+            Ok(rounds) if rounds > 0 => rounds,
+            _ => {
+                eprintln!("ROUNDS must be a whole number from 1, not `{rounds}`");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => 3,
+    };
     let duration = Duration::from_secs(seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a runtime");
-    runtime.block_on(run(duration));
+    runtime.block_on(run(duration, rounds));
 }
 
-async fn run(duration: Duration) {
-    let long = Duration::from_secs(3600);
+/// One measured run of a row: requests per second.
+type Measure = Box<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = f64>>>>;
+
+/// A row of the table, set up once and measured once per round.
+struct Row {
+    variant: &'static str,
+    /// Distinct sessions or organizations (`None`: the bare service).
+    distinct: Option<usize>,
+    measure: Measure,
+    /// Store reads so far (`None`: not counted).
+    reads: Option<Box<dyn Fn() -> usize>>,
+    rates: Vec<f64>,
+    reads_while_measured: usize,
+}
+
+impl Row {
+    fn new<S, B>(
+        variant: &'static str,
+        distinct: Option<usize>,
+        service: S,
+        header: HeaderName,
+        keys: Arc<Vec<HeaderValue>>,
+        reads: Option<Box<dyn Fn() -> usize>>,
+    ) -> Row
+    where
+        S: Service<Request<()>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+        B: Send + 'static,
+    {
+        // Boxed per measurement, not per request: the measured loop is
+        // `throughput` on the concrete service, as before.
+        let measure: Measure = Box::new(move |duration| {
+            Box::pin(throughput(
+                service.clone(),
+                header.clone(),
+                Arc::clone(&keys),
+                duration,
+            ))
+        });
+        Row {
+            variant,
+            distinct,
+            measure,
+            reads,
+            rates: Vec::new(),
+            reads_while_measured: 0,
+        }
+    }
+
+    fn spread(&self) -> Spread {
+        Spread::of(&self.rates).expect("at least one round")
+    }
+}
+
+async fn run(duration: Duration, rounds: usize) {
+    let mut rows = setup().await;
+    for round in 1..=rounds {
+        eprintln!("round {round} of {rounds}");
+        for row in &mut rows {
+            let before = row.reads.as_ref().map(|reads| reads());
+            let rate = (row.measure)(duration).await;
+            if let (Some(before), Some(reads)) = (before, &row.reads) {
+                row.reads_while_measured += reads() - before;
+            }
+            row.rates.push(rate);
+        }
+    }
+
     println!(
-        "{TASKS} tasks on 2 worker threads, {} s per row",
+        "{TASKS} tasks on 2 worker threads, {} s per row, {rounds} round(s): \
+         median (min–max) of the rounds",
         duration.as_secs()
     );
-    println!("| variant | distinct keys | requests/s | store reads while measured |");
+    println!("| variant | distinct keys | requests/s | store reads while measured (all rounds) |");
     println!("|---|---|---|---|");
+    for row in &rows {
+        let spread = row.spread();
+        let rate = if rounds > 1 {
+            format!("{:.0} ({:.0}–{:.0})", spread.median, spread.min, spread.max)
+        } else {
+            format!("{:.0}", spread.median)
+        };
+        let distinct = row
+            .distinct
+            .map_or_else(|| "—".to_owned(), |distinct| distinct.to_string());
+        let reads = if row.reads.is_some() {
+            row.reads_while_measured.to_string()
+        } else {
+            "—".to_owned()
+        };
+        println!("| {} | {distinct} | {rate} | {reads} |", row.variant);
+    }
+
+    let series = |variant: &str, name: &str, color| Series {
+        name: name.to_owned(),
+        color,
+        points: DISTINCT
+            .iter()
+            .map(|distinct| {
+                rows.iter()
+                    .find(|row| row.variant == variant && row.distinct == Some(*distinct))
+                    .map(|row| row.spread().scaled(1000.0))
+            })
+            .collect(),
+    };
+    let bare = rows
+        .iter()
+        .find(|row| row.distinct.is_none())
+        .expect("the bare row")
+        .spread()
+        .scaled(1000.0);
+    let chart = Grouped {
+        title: "Throughput against the number of distinct sessions".to_owned(),
+        notes: vec![
+            format!(
+                "{TASKS} tasks on 2 worker threads, {} s per row; bars: median of {rounds} round(s), whiskers: min–max.",
+                duration.as_secs()
+            ),
+            format!(
+                "Bare service (no layer): {} thousand requests/s. Warm caches: every request a cache hit.",
+                bare.text()
+            ),
+        ],
+        unit: "thousand requests per second".to_owned(),
+        x_label: "distinct sessions (tower-sessions, session layer) or organizations (subscription layer)"
+            .to_owned(),
+        categories: DISTINCT.iter().map(|distinct| svg::number(*distinct as f64)).collect(),
+        series: vec![
+            series(SESSION, "SessionRefreshLayer", svg::OURS),
+            series(SUBSCRIPTION, "RequireSubscriptionLayer", svg::OURS_2),
+            series(TOWER_SESSIONS, "tower-sessions 0.15, read one value", svg::THEIRS),
+        ],
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/plots/throughput.svg");
+    if let Err(error) = svg::write(&path, &chart.render()) {
+        eprintln!("could not write {}: {error}", path.display());
+        std::process::exit(1);
+    }
+}
+
+const SESSION: &str = "`SessionRefreshLayer`";
+const SUBSCRIPTION: &str = "`RequireSubscriptionLayer`";
+const TOWER_SESSIONS: &str = "tower-sessions, read one value";
+
+/// Every row, its store filled and its cache warm.
+async fn setup() -> Vec<Row> {
+    let long = Duration::from_secs(3600);
+    let mut rows = Vec::new();
     let any = Arc::new(vec![HeaderValue::from_static("unused")]);
-    let bare = throughput(inner(), HeaderName::from_static("x-any"), any, duration).await;
-    println!("| bare service | — | {bare:.0} | — |");
+    rows.push(Row::new(
+        "bare service",
+        None,
+        inner(),
+        HeaderName::from_static("x-any"),
+        any,
+        None,
+    ));
 
     for distinct in DISTINCT {
         let faults = Faults::new(1);
@@ -144,10 +312,15 @@ async fn run(duration: Duration) {
             let response = service.clone().oneshot(request).await.expect("infallible");
             assert_eq!(response.status(), 200);
         }
-        let reads = faults.calls(Op::Load);
-        let rate = throughput(service, header, tokens, duration).await;
-        let reads = faults.calls(Op::Load) - reads;
-        println!("| `SessionRefreshLayer` | {distinct} | {rate:.0} | {reads} |");
+        let reads = Box::new(move || faults.calls(Op::Load));
+        rows.push(Row::new(
+            SESSION,
+            Some(distinct),
+            service,
+            header,
+            tokens,
+            Some(reads),
+        ));
     }
 
     for distinct in DISTINCT {
@@ -179,10 +352,15 @@ async fn run(duration: Duration) {
             let response = service.clone().oneshot(request).await.expect("infallible");
             assert_eq!(response.status(), 200);
         }
-        let reads = faults.calls(Op::Subscriptions);
-        let rate = throughput(service, header, organizations, duration).await;
-        let reads = faults.calls(Op::Subscriptions) - reads;
-        println!("| `RequireSubscriptionLayer` | {distinct} | {rate:.0} | {reads} |");
+        let reads = Box::new(move || faults.calls(Op::Subscriptions));
+        rows.push(Row::new(
+            SUBSCRIPTION,
+            Some(distinct),
+            service,
+            header,
+            organizations,
+            Some(reads),
+        ));
     }
 
     for distinct in DISTINCT {
@@ -207,7 +385,14 @@ async fn run(duration: Duration) {
                 .to_owned();
             cookies.push(HeaderValue::from_str(&cookie).expect("a header"));
         }
-        let rate = throughput(service, COOKIE, Arc::new(cookies), duration).await;
-        println!("| tower-sessions, read one value | {distinct} | {rate:.0} | — |");
+        rows.push(Row::new(
+            TOWER_SESSIONS,
+            Some(distinct),
+            service,
+            COOKIE,
+            Arc::new(cookies),
+            None,
+        ));
     }
+    rows
 }

@@ -13,9 +13,19 @@
 //!
 //! Sessions carry the reference server's payload: a visitor's name and
 //! e-mail.
+//!
+//! Without a kind, each kind is measured `ROUNDS` times (default 3), each
+//! time in a new process, the kinds taking turns; the median and min–max
+//! are printed and drawn in `benches/plots/memory.svg`, against the
+//! targets of 600 bytes per session and 400 per entitlement.
+
+mod common;
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
+
+use common::svg::{self, Bars, Row, Section, Spread};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use serde_json::json;
@@ -55,17 +65,101 @@ fn main() {
         Some("sessions") => runtime.block_on(cached_sessions(count(200_000))),
         Some("entitlements") => runtime.block_on(cached_entitlements(count(100_000))),
         Some(other) => panic!("unknown kind `{other}`: sessions [N] or entitlements [N]"),
-        None => {
-            let me = std::env::current_exe().expect("this program's path");
-            for kind in ["sessions", "entitlements"] {
-                let status = std::process::Command::new(&me)
-                    .arg(kind)
-                    .status()
-                    .expect("runs itself");
-                assert!(status.success(), "{kind}: {status}");
+        None => measure_all(),
+    }
+}
+
+/// Each kind, what it is called in the results, and its target in bytes.
+const KINDS: [(&str, &str, f64); 2] = [
+    ("sessions", "per cached session", 600.0),
+    ("entitlements", "per cached entitlement", 400.0),
+];
+
+/// Every kind `ROUNDS` times, each in a process of its own, then the
+/// table and the plot.
+fn measure_all() {
+    let rounds: usize = match std::env::var("ROUNDS") {
+        Ok(rounds) => match rounds.parse() {
+            Ok(rounds) if rounds > 0 => rounds,
+            _ => {
+                eprintln!("ROUNDS must be a whole number from 1, not `{rounds}`");
+                std::process::exit(2);
             }
+        },
+        Err(_) => 3,
+    };
+    let me = std::env::current_exe().expect("this program's path");
+    let mut bytes: Vec<Vec<f64>> = vec![Vec::new(); KINDS.len()];
+    for round in 1..=rounds {
+        for (n, (kind, _, _)) in KINDS.iter().enumerate() {
+            let output = std::process::Command::new(&me)
+                .arg(kind)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("runs itself");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            print!("round {round}: {stdout}");
+            assert!(output.status.success(), "{kind}: {}", output.status);
+            bytes[n].push(per_entry(&stdout).unwrap_or_else(|| {
+                panic!("{kind}: no `N bytes per cached …` in its output: {stdout}")
+            }));
         }
     }
+
+    println!();
+    println!("{rounds} process(es) per kind: median (min–max)");
+    println!("| bytes | measured | target |");
+    println!("|---|---|---|");
+    let spreads: Vec<Spread> = bytes
+        .iter()
+        .map(|values| Spread::of(values).expect("at least one round"))
+        .collect();
+    for ((_, what, target), spread) in KINDS.iter().zip(&spreads) {
+        let measured = if rounds > 1 {
+            format!("{:.0} ({:.0}–{:.0})", spread.median, spread.min, spread.max)
+        } else {
+            format!("{:.0}", spread.median)
+        };
+        println!("| {what} | {measured} | ≤ {target:.0} |");
+    }
+
+    let chart = Bars {
+        title: "Memory per cached entry (resident set growth)".to_owned(),
+        notes: vec![
+            format!(
+                "Bars: median of {rounds} process(es) per kind, whiskers: min–max; dashed red: target."
+            ),
+            "200 000 sessions (name and e-mail payload) or 100 000 entitlements, each read once into a cold cache."
+                .to_owned(),
+        ],
+        unit: "bytes per cached entry".to_owned(),
+        legend: Vec::new(),
+        sections: vec![Section {
+            heading: None,
+            rows: KINDS
+                .iter()
+                .zip(&spreads)
+                .map(|((_, what, target), spread)| Row {
+                    label: what.to_string(),
+                    spread: *spread,
+                    color: svg::OURS,
+                    target: Some((*target, format!("target ≤ {target:.0}"))),
+                })
+                .collect(),
+        }],
+        reference: None,
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/plots/memory.svg");
+    if let Err(error) = svg::write(&path, &chart.render()) {
+        eprintln!("could not write {}: {error}", path.display());
+        std::process::exit(1);
+    }
+}
+
+/// The `N` of `… N bytes per cached …` in a child's output.
+fn per_entry(output: &str) -> Option<f64> {
+    let (before, _) = output.split_once(" bytes per cached")?;
+    before.rsplit(' ').next()?.parse().ok()
 }
 
 async fn cached_sessions(count: usize) {

@@ -1,7 +1,10 @@
 //! What the benches (and `tests/allocations.rs`) share: the request every
 //! hit-path variant sends, polling a future that is ready at once, an
-//! active subscription, and tower-sessions' baseline handler.
+//! active subscription, and tower-sessions' baseline handler; `svg`
+//! draws the benches' plots.
 #![allow(dead_code)]
+
+pub mod svg;
 
 use std::convert::Infallible;
 use std::future::Future;
