@@ -14,6 +14,10 @@
 //! Sessions carry the reference server's payload: a visitor's name and
 //! e-mail.
 //!
+//! Two more kinds measure parts of a cached session alone: `moka` (moka's
+//! entry with the session cache's key and settings and an 8-byte value)
+//! and `id-index` (an index of the session layer's shape, id to token).
+//!
 //! Without a kind, each kind is measured `ROUNDS` times (default 3), each
 //! time in a new process, the kinds taking turns; the median and min–max
 //! are printed and drawn in `benches/plots/memory.svg`, against the
@@ -21,8 +25,10 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::svg::{self, Bars, Row, Section, Spread};
@@ -30,7 +36,7 @@ use common::svg::{self, Bars, Row, Section, Spread};
 use http::{HeaderName, HeaderValue, Request, Response};
 use serde_json::json;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_saas_guard::session::{MemorySessionStore, SessionRefreshLayer, SessionToken};
+use tower_saas_guard::session::{MemorySessionStore, SessionId, SessionRefreshLayer, SessionToken};
 use tower_saas_guard::subscription::{
     EntitlementPolicy, Entitlements, FromHeader, MemorySubscriptionStore, RequireSubscriptionLayer,
     Subscription, SubscriptionChange, SubscriptionStatus,
@@ -64,15 +70,20 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("sessions") => runtime.block_on(cached_sessions(count(200_000))),
         Some("entitlements") => runtime.block_on(cached_entitlements(count(100_000))),
+        Some("moka") => moka_alone(count(200_000)),
+        Some("id-index") => id_index_alone(count(200_000)),
         Some(other) => panic!("unknown kind `{other}`: sessions [N] or entitlements [N]"),
         None => measure_all(),
     }
 }
 
-/// Each kind, what it is called in the results, and its target in bytes.
-const KINDS: [(&str, &str, f64); 2] = [
-    ("sessions", "per cached session", 600.0),
-    ("entitlements", "per cached entitlement", 400.0),
+/// Each kind, what it is called in the results, and its target in bytes
+/// (the last two are parts of a cached session, measured alone).
+const KINDS: [(&str, &str, Option<f64>); 4] = [
+    ("sessions", "per cached session", Some(600.0)),
+    ("entitlements", "per cached entitlement", Some(400.0)),
+    ("moka", "of a session: moka's entry alone", None),
+    ("id-index", "of a session: the id index alone", None),
 ];
 
 /// Every kind `ROUNDS` times, each in a process of its own, then the
@@ -120,7 +131,10 @@ fn measure_all() {
         } else {
             format!("{:.0}", spread.median)
         };
-        println!("| {what} | {measured} | ≤ {target:.0} |");
+        match target {
+            Some(target) => println!("| {what} | {measured} | ≤ {target:.0} |"),
+            None => println!("| {what} | {measured} | — |"),
+        }
     }
 
     let chart = Bars {
@@ -143,7 +157,7 @@ fn measure_all() {
                     label: what.to_string(),
                     spread: *spread,
                     color: svg::OURS,
-                    target: Some((*target, format!("target ≤ {target:.0}"))),
+                    target: target.map(|target| (target, format!("target ≤ {target:.0}"))),
                 })
                 .collect(),
         }],
@@ -271,6 +285,55 @@ async fn cached_entitlements(count: usize) {
     let grown = rss().saturating_sub(before);
     println!(
         "cached entitlements: {count}, resident set grew {:.1} MiB: {} bytes per cached entitlement",
+        grown as f64 / (1024.0 * 1024.0),
+        grown / count as u64
+    );
+}
+
+/// The breakdown's first part: moka's own cost per entry, with the session
+/// cache's key (a token) and builder settings (capacity, time to live) and
+/// the smallest value (an `Arc<u64>`, where the layer keeps an
+/// `Arc<SessionData>`).
+fn moka_alone(count: usize) {
+    let tokens: Vec<SessionToken> = (0..count)
+        .map(|_| SessionToken::generate().expect("randomness"))
+        .collect();
+    let cache: moka::sync::Cache<SessionToken, Arc<u64>> = moka::sync::Cache::builder()
+        .max_capacity(count as u64 + 1)
+        .time_to_live(Duration::from_secs(3600))
+        .build();
+    let before = rss();
+    for (n, token) in tokens.iter().enumerate() {
+        cache.insert(*token, Arc::new(n as u64));
+    }
+    cache.run_pending_tasks();
+    let grown = rss().saturating_sub(before);
+    println!(
+        "moka alone: {} entries, resident set grew {:.1} MiB: {} bytes per cached entry",
+        cache.entry_count(),
+        grown as f64 / (1024.0 * 1024.0),
+        grown / count as u64
+    );
+}
+
+/// The breakdown's second part: an index of the session layer's shape (16
+/// `HashMap<SessionId, SessionToken>` shards), which lets a revocation by
+/// id find the cached entry.
+fn id_index_alone(count: usize) {
+    let tokens: Vec<SessionToken> = (0..count)
+        .map(|_| SessionToken::generate().expect("randomness"))
+        .collect();
+    let before = rss();
+    let mut shards: Vec<HashMap<SessionId, SessionToken>> =
+        (0..16).map(|_| HashMap::new()).collect();
+    for token in &tokens {
+        let id = token.id();
+        shards[usize::from(id.as_bytes()[0]) % 16].insert(id, *token);
+    }
+    let grown = rss().saturating_sub(before);
+    println!(
+        "id index alone: {} entries, resident set grew {:.1} MiB: {} bytes per cached entry",
+        shards.iter().map(HashMap::len).sum::<usize>(),
         grown as f64 / (1024.0 * 1024.0),
         grown / count as u64
     );
