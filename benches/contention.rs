@@ -132,9 +132,12 @@ struct Row {
     variant: &'static str,
     /// Distinct sessions or organizations (`None`: the bare service).
     distinct: Option<usize>,
-    measure: Measure,
+    /// The service under test; dropped once measured.
+    measure: Option<Measure>,
     /// Store reads so far (`None`: not counted).
     reads: Option<Box<dyn Fn() -> usize>>,
+    /// Whether store reads are counted.
+    counted: bool,
     rates: Vec<f64>,
     reads_while_measured: usize,
 }
@@ -169,7 +172,8 @@ impl Row {
         Row {
             variant,
             distinct,
-            measure,
+            measure: Some(measure),
+            counted: reads.is_some(),
             reads,
             rates: Vec::new(),
             reads_while_measured: 0,
@@ -182,16 +186,26 @@ impl Row {
 }
 
 async fn run(duration: Duration, rounds: usize) {
-    let mut rows = setup().await;
+    // Each row is set up, measured and dropped in turn, so only its own
+    // layer and sessions are in memory while it is measured.
+    let mut rows: Vec<Row> = Vec::new();
     for round in 1..=rounds {
         eprintln!("round {round} of {rounds}");
-        for row in &mut rows {
+        for index in 0..ROWS {
+            let mut row = setup(index).await;
             let before = row.reads.as_ref().map(|reads| reads());
-            let rate = (row.measure)(duration).await;
-            if let (Some(before), Some(reads)) = (before, &row.reads) {
-                row.reads_while_measured += reads() - before;
+            let measure = row.measure.take().expect("a row is measured once");
+            let rate = measure(duration).await;
+            drop(measure);
+            let reads = match (before, row.reads.take()) {
+                (Some(before), Some(reads)) => reads() - before,
+                _ => 0,
+            };
+            if round == 1 {
+                rows.push(row);
             }
-            row.rates.push(rate);
+            rows[index].rates.push(rate);
+            rows[index].reads_while_measured += reads;
         }
     }
 
@@ -212,7 +226,7 @@ async fn run(duration: Duration, rounds: usize) {
         let distinct = row
             .distinct
             .map_or_else(|| "—".to_owned(), |distinct| distinct.to_string());
-        let reads = if row.reads.is_some() {
+        let reads = if row.counted {
             row.reads_while_measured.to_string()
         } else {
             "—".to_owned()
@@ -272,20 +286,31 @@ const SUBSCRIPTION: &str = "`RequireSubscriptionLayer`";
 const TOWER_SESSIONS: &str = "tower-sessions, read one value";
 
 /// Every row, its store filled and its cache warm.
-async fn setup() -> Vec<Row> {
+/// Rows of the table: the bare service, then each layer and tower-sessions
+/// at every number of distinct keys.
+const ROWS: usize = 1 + 3 * DISTINCT.len();
+
+/// Sets up row `wanted` of the table (see [`ROWS`]) only.
+async fn setup(wanted: usize) -> Row {
     let long = Duration::from_secs(3600);
-    let mut rows = Vec::new();
     let any = Arc::new(vec![HeaderValue::from_static("unused")]);
-    rows.push(Row::new(
-        "bare service",
-        None,
-        inner(),
-        HeaderName::from_static("x-any"),
-        any,
-        None,
-    ));
+    let mut index = 0;
+    if wanted == index {
+        return Row::new(
+            "bare service",
+            None,
+            inner(),
+            HeaderName::from_static("x-any"),
+            any,
+            None,
+        );
+    }
 
     for distinct in DISTINCT {
+        index += 1;
+        if index != wanted {
+            continue;
+        }
         let faults = Faults::new(1);
         let store = FaultySessionStore::new(MemorySessionStore::new(), faults.clone());
         let layer = SessionRefreshLayer::builder(store)
@@ -313,17 +338,21 @@ async fn setup() -> Vec<Row> {
             assert_eq!(response.status(), 200);
         }
         let reads = Box::new(move || faults.calls(Op::Load));
-        rows.push(Row::new(
+        return Row::new(
             SESSION,
             Some(distinct),
             service,
             header,
             tokens,
             Some(reads),
-        ));
+        );
     }
 
     for distinct in DISTINCT {
+        index += 1;
+        if index != wanted {
+            continue;
+        }
         let faults = Faults::new(1);
         let store = FaultySubscriptionStore::new(MemorySubscriptionStore::new(), faults.clone());
         let entitlements = Entitlements::builder(store)
@@ -353,17 +382,21 @@ async fn setup() -> Vec<Row> {
             assert_eq!(response.status(), 200);
         }
         let reads = Box::new(move || faults.calls(Op::Subscriptions));
-        rows.push(Row::new(
+        return Row::new(
             SUBSCRIPTION,
             Some(distinct),
             service,
             header,
             organizations,
             Some(reads),
-        ));
+        );
     }
 
     for distinct in DISTINCT {
+        index += 1;
+        if index != wanted {
+            continue;
+        }
         use tower_sessions::{MemoryStore, SessionManagerLayer};
         let reader = tower_sessions_reader();
         let service = SessionManagerLayer::new(MemoryStore::default())
@@ -385,14 +418,14 @@ async fn setup() -> Vec<Row> {
                 .to_owned();
             cookies.push(HeaderValue::from_str(&cookie).expect("a header"));
         }
-        rows.push(Row::new(
+        return Row::new(
             TOWER_SESSIONS,
             Some(distinct),
             service,
             COOKIE,
             Arc::new(cookies),
             None,
-        ));
+        );
     }
-    rows
+    unreachable!("row {wanted} of {ROWS}")
 }
