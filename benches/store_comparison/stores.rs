@@ -23,6 +23,12 @@
 //! * **tower-sessions, `always_save`**: the same, with the record saved on
 //!   every request (its only way to slide an expiry).
 //!
+//! The hit row sends 64 cached sessions again and again (one per task);
+//! every other row sends each of its sessions once (a miss or a renewal
+//! of ours happens once per session; tower-sessions reads its store on
+//! every request, and reads a different record each time here, as ours
+//! does).
+//!
 //! For each: latency of requests sent one after the other (p50, p99),
 //! requests per second from 64 concurrent tasks on a runtime of 2 worker
 //! threads, and database statements per request. Statements are counted
@@ -475,28 +481,45 @@ where
 
 // -------------------------------------------------------- tower-sessions
 
-/// Creates `count` tower-sessions records holding `name`; returns their
-/// cookies.
-async fn create_records<T>(store: &T, count: usize) -> Vec<HeaderValue>
+/// Creates `count` tower-sessions records holding `name`, 64 at a time;
+/// returns their cookies.
+async fn create_records<T>(store: &T, count: usize) -> Arc<Vec<HeaderValue>>
 where
-    T: tower_sessions::SessionStore,
+    T: tower_sessions::SessionStore + Clone,
 {
     use tower_sessions::cookie::time::{Duration as TimeDuration, OffsetDateTime};
     use tower_sessions::session::{Id, Record};
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (store, next) = (store.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut made = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let mut record = Record {
+                        id: Id::default(),
+                        data: HashMap::from([("name".to_owned(), serde_json::json!("Ada"))]),
+                        expiry_date: OffsetDateTime::now_utc() + TimeDuration::hours(1),
+                    };
+                    store.create(&mut record).await.expect("create a record");
+                    made.push(
+                        HeaderValue::from_str(&format!("id={}", record.id)).expect("a cookie"),
+                    );
+                }
+                made
+            })
+        })
+        .collect();
     let mut cookies = Vec::with_capacity(count);
-    for _ in 0..count {
-        let mut record = Record {
-            id: Id::default(),
-            data: HashMap::from([("name".to_owned(), serde_json::json!("Ada"))]),
-            expiry_date: OffsetDateTime::now_utc() + TimeDuration::hours(1),
-        };
-        store.create(&mut record).await.expect("create a record");
-        cookies.push(HeaderValue::from_str(&format!("id={}", record.id)).expect("a cookie"));
+    for task in tasks {
+        cookies.extend(task.await.expect("a creating task panicked"));
     }
-    cookies
+    Arc::new(cookies)
 }
 
-/// The two rows of tower-sessions, on `store`.
+/// The two rows of tower-sessions, on `store`: like our miss and renewal
+/// rows, every request is for a record no earlier request of the row
+/// touched. Returns the records' ids (their Redis keys).
 async fn theirs<T>(
     store: T,
     proxy: &CountingProxy,
@@ -505,32 +528,37 @@ async fn theirs<T>(
 where
     T: tower_sessions::SessionStore + Clone,
 {
-    let cookies = Arc::new(create_records(&store, TASKS).await);
-    let ids = cookies
-        .iter()
-        .map(|cookie| cookie.to_str().expect("ascii")["id=".len()..].to_owned())
-        .collect();
     let mut samples = [Sample::default(); 2];
+    let mut ids = Vec::new();
     for (row, always_save) in [(0, false), (1, true)] {
+        let latency_cookies = create_records(&store, settings.latency_requests).await;
+        let herd_cookies = create_records(&store, settings.herd_sessions).await;
+        ids.extend(
+            latency_cookies
+                .iter()
+                .chain(herd_cookies.iter())
+                .map(|cookie| cookie.to_str().expect("ascii")["id=".len()..].to_owned()),
+        );
         let service = tower_sessions::SessionManagerLayer::new(store.clone())
             .with_secure(false)
             .with_always_save(always_save)
             .layer(service_fn(their_handler));
         let before = proxy.count();
-        let (p50, p99) = latency(
-            service.clone(),
-            (0..settings.latency_requests).map(|i| their_request(&cookies[i % TASKS])),
-        )
-        .await;
+        let (p50, p99) = latency(service.clone(), latency_cookies.iter().map(their_request)).await;
         let latency_statements = proxy.count() - before;
-        let cookies = Arc::clone(&cookies);
+        let next = Arc::new(AtomicUsize::new(0));
         let before = proxy.count();
         let (per_second, requests) = throughput(
             service,
-            move |task, _| Some(their_request(&cookies[task])),
-            Some(Duration::from_secs_f64(settings.seconds)),
+            move |_, _| {
+                herd_cookies
+                    .get(next.fetch_add(1, Ordering::Relaxed))
+                    .map(their_request)
+            },
+            None,
         )
         .await;
+        assert_eq!(requests as usize, settings.herd_sessions);
         samples[row] = Sample {
             p50_us: p50,
             p99_us: p99,
