@@ -470,8 +470,8 @@ fn cursors_that_no_store_can_hold_are_invalid_not_store_errors() {
 }
 
 /// One request a minute for a simulated day, on a fresh fixture: how many
-/// store reads it cost.
-async fn loads_over_a_visitor_day(fixture: &Fixture) -> usize {
+/// store reads and writes (renewals) it cost.
+async fn store_calls_over_a_visitor_day(fixture: &Fixture) -> (usize, usize) {
     let created = fixture
         .handle()
         .create(Some("org_1"), ())
@@ -483,18 +483,31 @@ async fn loads_over_a_visitor_day(fixture: &Fixture) -> usize {
         assert_eq!(answer.status, StatusCode::OK, "minute {minute}");
         fixture.clock.advance(60 * SECOND);
     }
-    fixture.store.loads()
+    (
+        fixture.store.loads(),
+        fixture
+            .store
+            .extends
+            .load(std::sync::atomic::Ordering::SeqCst),
+    )
 }
 
 #[tokio::test]
 async fn with_a_connected_channel_an_active_visitor_is_read_about_once_an_hour() {
     let without = Fixture::new();
-    let reads_without = loads_over_a_visitor_day(&without).await;
+    let (reads_without, writes_without) = store_calls_over_a_visitor_day(&without).await;
     let channel = MemoryInvalidationChannel::new();
     let with = Fixture::with(|builder| builder.invalidation_channel(channel.clone()));
     wait_until(|| connected(&with.handle(), 1)).await;
-    let reads_with = loads_over_a_visitor_day(&with).await;
-    println!("store reads in a simulated visitor-day: {reads_without} without a channel, {reads_with} with one");
+    let (reads_with, writes_with) = store_calls_over_a_visitor_day(&with).await;
+    println!(
+        "a simulated visitor-day: {reads_without} store reads and {writes_without} writes \
+         without a channel, {reads_with} reads and {writes_with} writes with one"
+    );
+    // Created with 24 h to live, renewed once under 4 h are left (at 20 h):
+    // one write in the day, not one per request.
+    assert_eq!(writes_without, 1, "renewals in a day without a channel");
+    assert_eq!(writes_with, 1, "renewals in a day with a channel");
     // A minute apart, every request outlives the 30 s TTL: one read each.
     assert!(reads_without >= 24 * 60 - 1, "{reads_without}");
     // With the channel, one read an hour (the 1 h channel TTL).
