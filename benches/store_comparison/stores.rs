@@ -595,14 +595,18 @@ fn host_port(url: &str, default_port: u16) -> String {
     }
 }
 
-/// `url` with its host and port replaced by the proxy's.
-fn through(url: &str, proxy: &CountingProxy, default_port: u16) -> String {
-    url.replacen(
-        &host_port(url, default_port),
-        &format!("127.0.0.1:{}", proxy.port),
-        1,
-    )
-    .replace("localhost:", "127.0.0.1:")
+/// `url` with its host and port (given or implied) replaced by the proxy's.
+fn through(url: &str, proxy: &CountingProxy) -> String {
+    let (scheme, rest) = url
+        .split_once("://")
+        .unwrap_or_else(|| panic!("{url:?}: a URL with a scheme and a TCP host"));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let user = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{user}127.0.0.1:{}{tail}", proxy.port)
 }
 
 struct Postgres {
@@ -627,7 +631,7 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
     };
 
     let ours_proxy = CountingProxy::start(host_port(&url, 5432), Wire::Postgres).await;
-    let ours_options = PgConnectOptions::from_str(&through(&url, &ours_proxy, 5432))
+    let ours_options = PgConnectOptions::from_str(&through(&url, &ours_proxy))
         .expect("DATABASE_URL")
         .ssl_mode(PgSslMode::Disable)
         .options([("search_path", schema.as_str())]);
@@ -640,10 +644,9 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
     ours_store.migrate().await.expect("our migrations");
 
     let their_proxy = CountingProxy::start(host_port(&url, 5432), Wire::Postgres).await;
-    let their_options =
-        sqlx08::postgres::PgConnectOptions::from_str(&through(&url, &their_proxy, 5432))
-            .expect("DATABASE_URL")
-            .ssl_mode(sqlx08::postgres::PgSslMode::Disable);
+    let their_options = sqlx08::postgres::PgConnectOptions::from_str(&through(&url, &their_proxy))
+        .expect("DATABASE_URL")
+        .ssl_mode(sqlx08::postgres::PgSslMode::Disable);
     let their_pool = sqlx08::postgres::PgPoolOptions::new()
         .max_connections(POOL)
         .connect_with(their_options)
@@ -685,13 +688,13 @@ async fn redis_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) {
     let prefix = format!("tsg_compare_{}:", std::process::id());
 
     let ours_proxy = CountingProxy::start(host_port(&url, 6379), Wire::Redis).await;
-    let ours_store = RedisSessionStore::connect(&through(&url, &ours_proxy, 6379))
+    let ours_store = RedisSessionStore::connect(&through(&url, &ours_proxy))
         .await
         .unwrap_or_else(|error| panic!("Redis at {url}: {error}"))
         .key_prefix(&prefix);
 
     let their_proxy = CountingProxy::start(host_port(&url, 6379), Wire::Redis).await;
-    let config = Config::from_url(&through(&url, &their_proxy, 6379)).expect("REDIS_URL for fred");
+    let config = Config::from_url(&through(&url, &their_proxy)).expect("REDIS_URL for fred");
     let client = tower_sessions_redis_store::fred::clients::Client::new(config, None, None, None);
     client.init().await.expect("fred connects");
     let their_store = tower_sessions_redis_store::RedisStore::new(client.clone());
