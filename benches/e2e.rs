@@ -178,7 +178,7 @@ fn main() {
         ),
     ];
     // Warm-up, not reported: without it the server measured first (the
-    // bare one) came out 7 to 31 % slower than the layered one in three
+    // bare one) came out 6 to 31 % slower than the layered one in three
     // runs out of three.
     for (_, url, token) in &rows {
         client.block_on(drive(url.clone(), token.clone(), Duration::from_secs(2)));
