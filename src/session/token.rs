@@ -288,9 +288,11 @@ mod tests {
         );
         for position in 0..TOKEN_CHARS {
             let mut text = token.to_string().into_bytes();
-            text[position] = if text[position] == b'A' { b'B' } else { b'A' };
+            // `A` (0) and `E` (4) both leave the last character's two
+            // padding bits zero, so either is valid at every position.
+            text[position] = if text[position] == b'A' { b'E' } else { b'A' };
             let text = String::from_utf8(text).expect("base64url stays ASCII");
-            let other = SessionToken::parse(&text).expect("A and B are in the alphabet");
+            let other = SessionToken::parse(&text).expect("A and E are valid at every position");
             assert_ne!(token, other, "differing at {position}");
         }
     }
