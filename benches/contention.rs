@@ -105,16 +105,7 @@ fn main() {
         .skip(1)
         .find_map(|arg| arg.parse().ok())
         .unwrap_or(2);
-    let rounds: usize = match std::env::var("ROUNDS") {
-        Ok(rounds) => match rounds.parse() {
-            Ok(rounds) if rounds > 0 => rounds,
-            _ => {
-                eprintln!("ROUNDS must be a whole number from 1, not `{rounds}`");
-                std::process::exit(2);
-            }
-        },
-        Err(_) => 3,
-    };
+    let rounds = common::rounds();
     let duration = Duration::from_secs(seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -89,16 +89,7 @@ const KINDS: [(&str, &str, Option<f64>); 4] = [
 /// Every kind `ROUNDS` times, each in a process of its own, then the
 /// table and the plot.
 fn measure_all() {
-    let rounds: usize = match std::env::var("ROUNDS") {
-        Ok(rounds) => match rounds.parse() {
-            Ok(rounds) if rounds > 0 => rounds,
-            _ => {
-                eprintln!("ROUNDS must be a whole number from 1, not `{rounds}`");
-                std::process::exit(2);
-            }
-        },
-        Err(_) => 3,
-    };
+    let rounds = common::rounds();
     let me = std::env::current_exe().expect("this program's path");
     let mut bytes: Vec<Vec<f64>> = vec![Vec::new(); KINDS.len()];
     for round in 1..=rounds {

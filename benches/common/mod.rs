@@ -74,3 +74,18 @@ pub fn tower_sessions_reader(
         Ok::<_, Infallible>(Response::new(()))
     })
 }
+
+/// `ROUNDS` from the environment (default 3): how many times a bench
+/// measures each row. Anything but a whole number from 1 ends the run.
+pub fn rounds() -> usize {
+    match std::env::var("ROUNDS") {
+        Ok(rounds) => match rounds.parse() {
+            Ok(rounds) if rounds > 0 => rounds,
+            _ => {
+                eprintln!("ROUNDS must be a whole number from 1, not `{rounds}`");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => 3,
+    }
+}
