@@ -362,6 +362,40 @@ fn per_request(before: u64, after: u64, requests: u64) -> f64 {
     (after - before) as f64 / requests as f64
 }
 
+/// A row whose requests each go to a session no earlier request of the
+/// row touched: latency over `latency` one after the other, then
+/// throughput from 64 tasks over `herd`; statements over both.
+async fn each_once<S, B>(
+    service: S,
+    latency_keys: &[HeaderValue],
+    herd: Arc<Vec<HeaderValue>>,
+    request: fn(&HeaderValue) -> Request<()>,
+    proxy: &CountingProxy,
+) -> Sample
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    let before = proxy.count();
+    let (p50_us, p99_us) = latency(service.clone(), latency_keys.iter().map(request)).await;
+    let next = AtomicUsize::new(0);
+    let herd_len = herd.len();
+    let (per_second, requests) = throughput(
+        service,
+        move |_, _| herd.get(next.fetch_add(1, Ordering::Relaxed)).map(request),
+        None,
+    )
+    .await;
+    assert_eq!(requests as usize, herd_len);
+    Sample {
+        p50_us,
+        p99_us,
+        per_second,
+        statements: per_request(before, proxy.count(), requests + latency_keys.len() as u64),
+    }
+}
+
 // ----------------------------------------------------------------- ours
 
 /// Creates `count` sessions through `layer` (so they are in its cache),
@@ -452,29 +486,7 @@ where
             layer(None)
         };
         let service = reader.layer(service_fn(our_handler));
-        let before = proxy.count();
-        let (p50, p99) = latency(service.clone(), latency_tokens.iter().map(our_request)).await;
-        let latency_statements = proxy.count() - before;
-        let next = Arc::new(AtomicUsize::new(0));
-        let herd = Arc::clone(&herd_tokens);
-        let before = proxy.count();
-        let (per_second, requests) = throughput(
-            service,
-            move |_, _| {
-                herd.get(next.fetch_add(1, Ordering::Relaxed))
-                    .map(our_request)
-            },
-            None,
-        )
-        .await;
-        assert_eq!(requests as usize, settings.herd_sessions);
-        samples[row] = Sample {
-            p50_us: p50,
-            p99_us: p99,
-            per_second,
-            statements: (proxy.count() - before + latency_statements) as f64
-                / (requests as usize + settings.latency_requests) as f64,
-        };
+        samples[row] = each_once(service, &latency_tokens, herd_tokens, our_request, proxy).await;
     }
     samples
 }
@@ -543,29 +555,14 @@ where
             .with_secure(false)
             .with_always_save(always_save)
             .layer(service_fn(their_handler));
-        let before = proxy.count();
-        let (p50, p99) = latency(service.clone(), latency_cookies.iter().map(their_request)).await;
-        let latency_statements = proxy.count() - before;
-        let next = Arc::new(AtomicUsize::new(0));
-        let before = proxy.count();
-        let (per_second, requests) = throughput(
+        samples[row] = each_once(
             service,
-            move |_, _| {
-                herd_cookies
-                    .get(next.fetch_add(1, Ordering::Relaxed))
-                    .map(their_request)
-            },
-            None,
+            &latency_cookies,
+            herd_cookies,
+            their_request,
+            proxy,
         )
         .await;
-        assert_eq!(requests as usize, settings.herd_sessions);
-        samples[row] = Sample {
-            p50_us: p50,
-            p99_us: p99,
-            per_second,
-            statements: (proxy.count() - before + latency_statements) as f64
-                / (requests as usize + settings.latency_requests) as f64,
-        };
     }
     (samples, ids)
 }
