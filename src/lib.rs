@@ -117,6 +117,23 @@ pub(crate) fn type_name_of<T>(_: &T) -> &'static str {
     std::any::type_name::<T>()
 }
 
+/// Writes `bytes` as lowercase hex, a `write_str` per 32 bytes rather
+/// than a formatted `write!` per byte (session ids make Redis keys and SQL
+/// parameters on every store call).
+pub(crate) fn write_lower_hex(out: &mut impl std::fmt::Write, bytes: &[u8]) -> std::fmt::Result {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buffer = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        for (pair, &byte) in buffer.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        let hex = std::str::from_utf8(&buffer[..2 * chunk.len()]).map_err(|_| std::fmt::Error)?;
+        out.write_str(hex)?;
+    }
+    Ok(())
+}
+
 /// Case-insensitive hex to bytes; `None` for empty, odd-length or non-hex input.
 pub(crate) fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
     fn nibble(digit: u8) -> Option<u8> {
@@ -133,4 +150,25 @@ pub(crate) fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
     hex.chunks_exact(2)
         .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_hex, write_lower_hex};
+
+    #[test]
+    fn lower_hex_matches_formatting_each_byte_and_decodes_back() {
+        // Lengths around the 32-byte chunk, and every byte value.
+        let bytes: Vec<u8> = (0..=255u8).chain(0..=255).collect();
+        for length in [0, 1, 31, 32, 33, 64, 65, 512] {
+            let bytes = &bytes[..length];
+            let mut hex = String::new();
+            write_lower_hex(&mut hex, bytes).expect("a String takes any text");
+            let expected: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+            assert_eq!(hex, expected, "{length} bytes");
+            if length > 0 {
+                assert_eq!(decode_hex(hex.as_bytes()).as_deref(), Some(bytes));
+            }
+        }
+    }
 }

@@ -350,12 +350,9 @@ pub enum SignatureError {
 
 /// `bytes` as lowercase hex.
 fn lower_hex(bytes: &[u8]) -> String {
-    const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(2 * bytes.len());
-    for &byte in bytes {
-        hex.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
-    }
+    // Writing to a `String` does not fail.
+    let _ = crate::write_lower_hex(&mut hex, bytes);
     hex
 }
 

@@ -240,19 +240,13 @@ struct LogRef([u8; 4]);
 
 impl fmt::Display for LogRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        crate::write_lower_hex(f, &self.0)
     }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        crate::write_lower_hex(f, &self.0)
     }
 }
 
@@ -265,6 +259,17 @@ impl fmt::Debug for SessionId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_show_as_64_lowercase_hex_digits_and_parse_back() {
+        let id = SessionToken::generate().expect("os randomness").id();
+        let hex = id.to_string();
+        let expected: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, expected);
+        assert_eq!(SessionId::from_hex(&hex), Some(id));
+        assert_eq!(id.log_ref().to_string(), hex[..8]);
+        assert_eq!(format!("{id:?}"), format!("SessionId({hex})"));
+    }
 
     #[test]
     fn generated_tokens_round_trip_and_differ() {
