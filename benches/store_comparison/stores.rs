@@ -618,6 +618,7 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
     let admin = sqlx::PgPool::connect(&url)
         .await
         .unwrap_or_else(|error| panic!("PostgreSQL at {url}: {error}"));
+    drop_leftover_schemas(&admin).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
         .await
@@ -664,6 +665,32 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
         rows.push([hit, miss, renewal, read, save]);
     }
     cleanup
+}
+
+/// Drops the schemas of earlier runs that stopped before their cleanup (a
+/// panic, an interrupt): those whose process no longer exists on this
+/// machine. (Redis keys need no such sweep: both stores' keys expire.)
+async fn drop_leftover_schemas(admin: &sqlx::PgPool) {
+    let schemas: Vec<String> = sqlx::query_scalar(
+        r"SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tsg\_compare\_%'",
+    )
+    .fetch_all(admin)
+    .await
+    .expect("list the schemas");
+    for schema in schemas {
+        let pid = schema["tsg_compare_".len()..].trim_end_matches("_ts");
+        let gone =
+            pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if gone {
+            eprintln!("dropping {schema}, left behind by an interrupted run");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+            )))
+            .execute(admin)
+            .await
+            .expect("drop a leftover schema");
+        }
+    }
 }
 
 impl Postgres {
