@@ -86,33 +86,80 @@ pub(super) fn encode(record: &SessionRecord) -> Result<Vec<(&'static str, Vec<u8
     Ok(fields)
 }
 
+/// The fields a load asks for (`HMGET`), in the order [`decode_loaded`]
+/// reads them: a reply of five values, not `HGETALL`'s names and values.
+pub(super) const LOADED: [&str; 5] = [CREATED_AT, EXPIRES_AT, ORGANIZATION_ID, SUBJECT, PAYLOAD];
+
+/// The record of session `id` from an `HMGET` of [`LOADED`]; `None` when
+/// none of them is set (there is no such hash).
+pub(super) fn decode_loaded(id: SessionId, reply: Value) -> Result<Option<SessionRecord>, Problem> {
+    let values: [Value; 5] = items(reply)?.try_into().map_err(|_| Problem::Shape)?;
+    if values.iter().all(|value| matches!(value, Value::Nil)) {
+        return Ok(None);
+    }
+    let [created_at, expires_at, organization_id, subject, payload] =
+        values.map(|value| match value {
+            Value::Nil => Ok(None),
+            value => bytes(value).map(Some),
+        });
+    record(
+        id,
+        Fields {
+            created_at: created_at?,
+            expires_at: expires_at?,
+            organization_id: organization_id?,
+            subject: subject?,
+            payload: payload?,
+        },
+    )
+    .map(Some)
+}
+
 /// The record of session `id` from its hash's fields (an `HGETALL` reply).
 /// Fields it does not know are ignored (a later version may add some).
 pub(super) fn decode(id: SessionId, fields: Value) -> Result<SessionRecord, Problem> {
-    let mut created_at = None;
-    let mut expires_at = None;
-    let mut organization_id = None;
-    let mut subject = None;
-    let mut payload = None;
+    let mut known = Fields::default();
     for (name, value) in pairs(fields)? {
-        match name.as_slice() {
-            b"created_at" => created_at = Some(time(&value, CREATED_AT)?),
-            b"expires_at" => expires_at = Some(time(&value, EXPIRES_AT)?),
-            b"organization_id" => organization_id = Some(text(value, ORGANIZATION_ID)?),
-            b"subject" => subject = Some(text(value, SUBJECT)?),
-            b"payload" => {
-                payload = Some(serde_json::from_slice(&value).map_err(Problem::Payload)?);
-            }
-            _ => {}
-        }
+        let slot = match name.as_slice() {
+            b"created_at" => &mut known.created_at,
+            b"expires_at" => &mut known.expires_at,
+            b"organization_id" => &mut known.organization_id,
+            b"subject" => &mut known.subject,
+            b"payload" => &mut known.payload,
+            _ => continue,
+        };
+        *slot = Some(value);
     }
+    record(id, known)
+}
+
+/// A session hash's fields this version knows, as stored.
+#[derive(Default)]
+struct Fields {
+    created_at: Option<Vec<u8>>,
+    expires_at: Option<Vec<u8>>,
+    organization_id: Option<Vec<u8>>,
+    subject: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+fn record(id: SessionId, fields: Fields) -> Result<SessionRecord, Problem> {
+    let created_at = fields.created_at.ok_or(Problem::Missing(CREATED_AT))?;
+    let expires_at = fields.expires_at.ok_or(Problem::Missing(EXPIRES_AT))?;
+    let payload = fields.payload.ok_or(Problem::Missing(PAYLOAD))?;
     Ok(SessionRecord {
         id,
-        organization_id,
-        subject,
-        created_at: created_at.ok_or(Problem::Missing(CREATED_AT))?,
-        expires_at: expires_at.ok_or(Problem::Missing(EXPIRES_AT))?,
-        payload: payload.ok_or(Problem::Missing(PAYLOAD))?,
+        organization_id: fields
+            .organization_id
+            .map(|value| text(value, ORGANIZATION_ID))
+            .transpose()?,
+        subject: fields
+            .subject
+            .map(|value| text(value, SUBJECT))
+            .transpose()?,
+        created_at: time(&created_at, CREATED_AT)?,
+        expires_at: time(&expires_at, EXPIRES_AT)?,
+        payload: serde_json::from_slice(&payload).map_err(Problem::Payload)?,
     })
 }
 
@@ -239,6 +286,70 @@ mod tests {
                 .collect(),
         );
         assert_eq!(decode(id(), reply).expect("decode"), record);
+    }
+
+    /// An `HMGET` reply of [`LOADED`] for `fields` (the others unset).
+    fn loaded(fields: &[(&str, Vec<u8>)]) -> Value {
+        Value::Array(
+            LOADED
+                .iter()
+                .map(|name| {
+                    fields
+                        .iter()
+                        .find(|(field, _)| field == name)
+                        .map_or(Value::Nil, |(_, value)| Value::BulkString(value.clone()))
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_load_reads_the_fields_it_asked_for_in_their_order() {
+        for (organization_id, subject) in [(None, None), (Some("acme"), Some("user_1"))] {
+            let record = SessionRecord {
+                id: id(),
+                organization_id: organization_id.map(str::to_owned),
+                subject: subject.map(str::to_owned),
+                created_at: UNIX_EPOCH + Duration::from_millis(1_800_000_000_123),
+                expires_at: UNIX_EPOCH + Duration::from_millis(1_800_086_400_123),
+                payload: serde_json::json!({ "name": "Ada" }),
+            };
+            let fields = encode(&record).expect("encode");
+            let read = decode_loaded(id(), loaded(&fields)).expect("decode");
+            assert_eq!(read, Some(record));
+        }
+        // No such hash: every field nil.
+        assert!(matches!(decode_loaded(id(), loaded(&[])), Ok(None)));
+        // A hash missing a field it needs, or holding a bad one.
+        let partial = loaded(&[("created_at", b"1".to_vec()), ("payload", b"null".to_vec())]);
+        assert!(matches!(
+            decode_loaded(id(), partial),
+            Err(Problem::Missing("expires_at"))
+        ));
+        let bad = loaded(&[
+            ("created_at", b"1".to_vec()),
+            ("expires_at", b"soon".to_vec()),
+            ("payload", b"null".to_vec()),
+        ]);
+        assert!(matches!(
+            decode_loaded(id(), bad),
+            Err(Problem::NotATime("expires_at"))
+        ));
+        // Replies of another shape.
+        assert!(matches!(
+            decode_loaded(id(), Value::Array(vec![Value::Nil; 4])),
+            Err(Problem::Shape)
+        ));
+        let mut not_bulk = vec![Value::Nil; 5];
+        not_bulk[1] = Value::Int(2);
+        assert!(matches!(
+            decode_loaded(id(), Value::Array(not_bulk)),
+            Err(Problem::Shape)
+        ));
+        assert!(matches!(
+            decode_loaded(id(), Value::Int(3)),
+            Err(Problem::Shape)
+        ));
     }
 
     #[test]

@@ -272,23 +272,33 @@ where
     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let key = self.keys.session(id);
         let mut connection = self.connection.clone();
-        let fields: Value = redis::cmd("HGETALL")
+        let reply: Value = redis::cmd("HMGET")
             .arg(&key)
+            .arg(&record::LOADED[..])
             .query_async(&mut connection)
             .await
             .map_err(redis_error)?;
-        let empty = match &fields {
-            Value::Array(items) | Value::Set(items) => items.is_empty(),
-            Value::Map(entries) => entries.is_empty(),
-            Value::Nil => true,
-            _ => false,
-        };
-        if empty {
-            return Ok(None);
+        match record::decode_loaded(*id, reply) {
+            // None of the fields: no such hash (the common case, one round
+            // trip), or a hash with only fields this version does not know,
+            // which is as unreadable as one missing a field. (Nothing else
+            // creates this id's hash while its token is being presented.)
+            Ok(None) => {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(redis_error)?;
+                if exists {
+                    Err(Self::malformed(key)(record::Problem::Missing(
+                        record::LOADED[0],
+                    )))
+                } else {
+                    Ok(None)
+                }
+            }
+            loaded => loaded.map_err(Self::malformed(key)),
         }
-        record::decode(*id, fields)
-            .map(Some)
-            .map_err(Self::malformed(key))
     }
 
     async fn extend(
