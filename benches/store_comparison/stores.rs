@@ -609,7 +609,15 @@ fn through(url: &str, proxy: &CountingProxy) -> String {
 struct Postgres {
     schema: String,
     admin: sqlx::PgPool,
+    /// Holds this run's advisory lock until the schemas are dropped.
+    _alive: sqlx::pool::PoolConnection<sqlx::Postgres>,
 }
+
+/// The advisory-lock class by which a running comparison marks its schemas
+/// as in use: each run holds `(RUN_LOCK_CLASS, its pid)` on a connection of
+/// its own for as long as it runs, and PostgreSQL releases it when that
+/// connection ends, however the process ends.
+const RUN_LOCK_CLASS: i32 = 0x7453_4743;
 
 async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Postgres {
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
@@ -618,6 +626,16 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
     let admin = sqlx::PgPool::connect(&url)
         .await
         .unwrap_or_else(|error| panic!("PostgreSQL at {url}: {error}"));
+    let mut alive = admin
+        .acquire()
+        .await
+        .expect("a connection for the run's lock");
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(RUN_LOCK_CLASS)
+        .bind(i32::try_from(std::process::id()).expect("a pid fits an int"))
+        .execute(&mut *alive)
+        .await
+        .expect("take the run's lock");
     drop_leftover_schemas(&admin).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
@@ -626,6 +644,7 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
     let cleanup = Postgres {
         schema: schema.clone(),
         admin,
+        _alive: alive,
     };
 
     let ours_proxy = CountingProxy::start(host_port(&url, 5432), Wire::Postgres).await;
@@ -668,27 +687,46 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
 }
 
 /// Drops the schemas of earlier runs that stopped before their cleanup (a
-/// panic, an interrupt): those whose process no longer exists on this
-/// machine. (Redis keys need no such sweep: both stores' keys expire.)
+/// panic, an interrupt): those whose run's advisory lock nobody holds,
+/// whichever host or container the run was on. (Redis keys need no such
+/// sweep: both stores' keys expire.)
 async fn drop_leftover_schemas(admin: &sqlx::PgPool) {
+    // One connection, so that each lock taken to check it is released on
+    // the same session.
+    let mut probe = admin.acquire().await.expect("a connection");
     let schemas: Vec<String> = sqlx::query_scalar(
         r"SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tsg\_compare\_%'",
     )
-    .fetch_all(admin)
+    .fetch_all(&mut *probe)
     .await
     .expect("list the schemas");
     for schema in schemas {
-        let pid = schema["tsg_compare_".len()..].trim_end_matches("_ts");
-        let gone =
-            pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if gone {
+        let Ok(pid) = schema["tsg_compare_".len()..]
+            .trim_end_matches("_ts")
+            .parse::<i32>()
+        else {
+            continue;
+        };
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(RUN_LOCK_CLASS)
+            .bind(pid)
+            .fetch_one(&mut *probe)
+            .await
+            .expect("try a run's lock");
+        if free {
             eprintln!("dropping {schema}, left behind by an interrupted run");
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
             )))
-            .execute(admin)
+            .execute(&mut *probe)
             .await
             .expect("drop a leftover schema");
+            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(RUN_LOCK_CLASS)
+                .bind(pid)
+                .execute(&mut *probe)
+                .await
+                .expect("release a run's lock");
         }
     }
 }

@@ -279,10 +279,13 @@ where
             .await
             .map_err(redis_error)?;
         match record::decode_loaded(*id, reply) {
-            // None of the fields: no such hash (the common case, one round
-            // trip), or a hash with only fields this version does not know,
-            // which is as unreadable as one missing a field. (Nothing else
-            // creates this id's hash while its token is being presented.)
+            // None of the fields: no such hash, or a hash with only fields
+            // this version does not know, which is as unreadable as one
+            // missing a field. Telling them apart takes a second round trip,
+            // paid only by loads that find nothing (an unknown or purged
+            // token, then remembered by the negative cache); a load that
+            // finds the record makes one. (Nothing else creates this id's
+            // hash while its token is being presented.)
             Ok(None) => {
                 let exists: bool = redis::cmd("EXISTS")
                     .arg(&key)
