@@ -86,9 +86,13 @@ pub(super) fn encode(record: &SessionRecord) -> Result<Vec<(&'static str, Vec<u8
     Ok(fields)
 }
 
-/// The fields a load asks for (`HMGET`), in the order [`decode_loaded`]
-/// reads them: a reply of five values, not `HGETALL`'s names and values.
+/// The fields this version knows, in the order a load asks for them
+/// (`HMGET`, a reply of five values rather than `HGETALL`'s names and
+/// values) and [`Fields`] keeps them.
 pub(super) const LOADED: [&str; 5] = [CREATED_AT, EXPIRES_AT, ORGANIZATION_ID, SUBJECT, PAYLOAD];
+
+/// A session hash's known fields as stored, in [`LOADED`]'s order.
+type Fields = [Option<Vec<u8>>; 5];
 
 /// The record of session `id` from an `HMGET` of [`LOADED`]; `None` when
 /// none of them is set (there is no such hash).
@@ -97,22 +101,13 @@ pub(super) fn decode_loaded(id: SessionId, reply: Value) -> Result<Option<Sessio
     if values.iter().all(|value| matches!(value, Value::Nil)) {
         return Ok(None);
     }
-    let [created_at, expires_at, organization_id, subject, payload] =
-        values.map(|value| match value {
-            Value::Nil => Ok(None),
-            value => bytes(value).map(Some),
-        });
-    record(
-        id,
-        Fields {
-            created_at: created_at?,
-            expires_at: expires_at?,
-            organization_id: organization_id?,
-            subject: subject?,
-            payload: payload?,
-        },
-    )
-    .map(Some)
+    let mut fields = Fields::default();
+    for (field, value) in fields.iter_mut().zip(values) {
+        if !matches!(value, Value::Nil) {
+            *field = Some(bytes(value)?);
+        }
+    }
+    record(id, fields).map(Some)
 }
 
 /// The record of session `id` from its hash's fields (an `HGETALL` reply).
@@ -120,43 +115,24 @@ pub(super) fn decode_loaded(id: SessionId, reply: Value) -> Result<Option<Sessio
 pub(super) fn decode(id: SessionId, fields: Value) -> Result<SessionRecord, Problem> {
     let mut known = Fields::default();
     for (name, value) in pairs(fields)? {
-        let slot = match name.as_slice() {
-            b"created_at" => &mut known.created_at,
-            b"expires_at" => &mut known.expires_at,
-            b"organization_id" => &mut known.organization_id,
-            b"subject" => &mut known.subject,
-            b"payload" => &mut known.payload,
-            _ => continue,
-        };
-        *slot = Some(value);
+        if let Some(at) = LOADED.iter().position(|field| field.as_bytes() == name) {
+            known[at] = Some(value);
+        }
     }
     record(id, known)
 }
 
-/// A session hash's fields this version knows, as stored.
-#[derive(Default)]
-struct Fields {
-    created_at: Option<Vec<u8>>,
-    expires_at: Option<Vec<u8>>,
-    organization_id: Option<Vec<u8>>,
-    subject: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-}
-
 fn record(id: SessionId, fields: Fields) -> Result<SessionRecord, Problem> {
-    let created_at = fields.created_at.ok_or(Problem::Missing(CREATED_AT))?;
-    let expires_at = fields.expires_at.ok_or(Problem::Missing(EXPIRES_AT))?;
-    let payload = fields.payload.ok_or(Problem::Missing(PAYLOAD))?;
+    let [created_at, expires_at, organization_id, subject, payload] = fields;
+    let created_at = created_at.ok_or(Problem::Missing(CREATED_AT))?;
+    let expires_at = expires_at.ok_or(Problem::Missing(EXPIRES_AT))?;
+    let payload = payload.ok_or(Problem::Missing(PAYLOAD))?;
     Ok(SessionRecord {
         id,
-        organization_id: fields
-            .organization_id
+        organization_id: organization_id
             .map(|value| text(value, ORGANIZATION_ID))
             .transpose()?,
-        subject: fields
-            .subject
-            .map(|value| text(value, SUBJECT))
-            .transpose()?,
+        subject: subject.map(|value| text(value, SUBJECT)).transpose()?,
         created_at: time(&created_at, CREATED_AT)?,
         expires_at: time(&expires_at, EXPIRES_AT)?,
         payload: serde_json::from_slice(&payload).map_err(Problem::Payload)?,
