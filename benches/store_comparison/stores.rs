@@ -630,12 +630,13 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
         .acquire()
         .await
         .expect("a connection for the run's lock");
-    sqlx::query("SELECT pg_advisory_lock($1, $2)")
-        .bind(RUN_LOCK_CLASS)
-        .bind(i32::try_from(std::process::id()).expect("a pid fits an int"))
-        .execute(&mut *alive)
-        .await
-        .expect("take the run's lock");
+    run_lock(
+        "pg_advisory_lock",
+        std::process::id().try_into().expect("a pid fits an int"),
+    )
+    .execute(&mut *alive)
+    .await
+    .expect("take the run's lock");
     drop_leftover_schemas(&admin).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
@@ -691,6 +692,7 @@ async fn postgres_rows(settings: &Settings, rows: &mut Vec<[Sample; 5]>) -> Post
 /// whichever host or container the run was on. (Redis keys need no such
 /// sweep: both stores' keys expire.)
 async fn drop_leftover_schemas(admin: &sqlx::PgPool) {
+    use sqlx::Row;
     // One connection, so that each lock taken to check it is released on
     // the same session.
     let mut probe = admin.acquire().await.expect("a connection");
@@ -707,23 +709,15 @@ async fn drop_leftover_schemas(admin: &sqlx::PgPool) {
         else {
             continue;
         };
-        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(RUN_LOCK_CLASS)
-            .bind(pid)
+        let free = run_lock("pg_try_advisory_lock", pid)
             .fetch_one(&mut *probe)
             .await
-            .expect("try a run's lock");
+            .expect("try a run's lock")
+            .get::<bool, _>(0);
         if free {
             eprintln!("dropping {schema}, left behind by an interrupted run");
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-            )))
-            .execute(&mut *probe)
-            .await
-            .expect("drop a leftover schema");
-            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-                .bind(RUN_LOCK_CLASS)
-                .bind(pid)
+            drop_schema(&mut *probe, &schema).await;
+            run_lock("pg_advisory_unlock", pid)
                 .execute(&mut *probe)
                 .await
                 .expect("release a run's lock");
@@ -731,15 +725,30 @@ async fn drop_leftover_schemas(admin: &sqlx::PgPool) {
     }
 }
 
+/// `SELECT function(RUN_LOCK_CLASS, pid)`, for PostgreSQL's two-key
+/// advisory-lock functions.
+fn run_lock(
+    function: &'static str,
+    pid: i32,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {function}($1, $2)")))
+        .bind(RUN_LOCK_CLASS)
+        .bind(pid)
+}
+
+async fn drop_schema<'c>(executor: impl sqlx::PgExecutor<'c>, schema: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(executor)
+    .await
+    .unwrap_or_else(|error| panic!("drop schema {schema}: {error}"));
+}
+
 impl Postgres {
     async fn drop_schemas(self) {
         for schema in [self.schema.clone(), format!("{}_ts", self.schema)] {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-            )))
-            .execute(&self.admin)
-            .await
-            .expect("drop the schema");
+            drop_schema(&self.admin, &schema).await;
         }
     }
 }
